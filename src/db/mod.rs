@@ -1,0 +1,11 @@
+//! Everything that touches SQLite: the schema, the typed request model that
+//! validates client requests against it, the only SQL builder, and the store
+//! each worker keeps its own copy of the data in.
+
+pub mod request;
+pub mod schema;
+pub mod sql;
+pub mod store;
+
+pub use request::{Consistency, ReadRequest, RequestError, WriteRequest};
+pub use store::{Commit, DbError, LogEntry, ReadOutcome, Store, SyncApplied, WriteOutcome};
