@@ -1,1 +1,55 @@
-fn main() {}
+//! The worker binary: flags and env, logging, then [`dbaas::worker::run`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "DBaaS worker: a SQLite replica that becomes master by election"
+)]
+struct Args {
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "DBAAS_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// ZooKeeper hosts (host:port[,host:port...]).
+    #[arg(long, env = "DBAAS_ZK_HOSTS", default_value = "127.0.0.1:2181")]
+    zk_hosts: String,
+    /// ZooKeeper session timeout: how long a dead worker stays registered.
+    #[arg(long, env = "DBAAS_ZK_SESSION_TIMEOUT_MS", default_value_t = 2000)]
+    zk_session_timeout_ms: u64,
+    /// Directory for this worker's SQLite file.
+    #[arg(long, env = "DBAAS_DATA_DIR", default_value = ".run/workers")]
+    data_dir: PathBuf,
+    /// The pid to register under (default: this process's pid).
+    #[arg(long, env = "DBAAS_WORKER_PID")]
+    pid: Option<u32>,
+    /// Wait for the supervisor to assign the pid at /dbaas/assigned/<NAME> (containers).
+    #[arg(long, env = "DBAAS_WORKER_NAME")]
+    assigned_name: Option<String>,
+    /// How long a read with min_seq waits for this replica to catch up.
+    #[arg(long, env = "DBAAS_READ_WAIT_MS", default_value_t = 5000)]
+    read_wait_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    dbaas::telemetry::init();
+    let a = Args::parse();
+    dbaas::worker::run(dbaas::worker::Config {
+        amqp_url: a.amqp_url,
+        zk_hosts: a.zk_hosts,
+        zk_session_timeout: Duration::from_millis(a.zk_session_timeout_ms),
+        data_dir: a.data_dir,
+        pid: a.pid,
+        assigned_name: a.assigned_name,
+        read_wait: Duration::from_millis(a.read_wait_ms),
+    })
+    .await
+}

@@ -35,15 +35,16 @@ pub enum Scalar {
 impl Scalar {
     fn for_column(table: &Table, column: &str, value: &Json) -> Result<Scalar, RequestError> {
         let Some(col) = table.column(column) else {
-            return bad(format!("unknown column {column:?} in table {:?}", table.name));
+            return bad(format!(
+                "unknown column {column:?} in table {:?}",
+                table.name
+            ));
         };
         match (col.ty, value) {
             (ColumnType::Text, Json::String(s)) => Ok(Scalar::Text(s.clone())),
             (ColumnType::Integer, Json::Number(n)) => match n.as_i64() {
                 Some(i) => Ok(Scalar::Integer(i)),
-                None => bad(format!(
-                    "column {column:?} takes a 64-bit integer, got {n}"
-                )),
+                None => bad(format!("column {column:?} takes a 64-bit integer, got {n}")),
             },
             (ColumnType::Text, other) => bad(format!(
                 "column {column:?} takes a string, got {}",
@@ -355,10 +356,7 @@ pub enum WriteRequest {
         values: BTreeMap<&'static str, Scalar>,
     },
     /// Deletes the rows matching a non-empty filter (use `Clear` to empty a table).
-    Delete {
-        table: &'static str,
-        filter: Filter,
-    },
+    Delete { table: &'static str, filter: Filter },
     Update {
         table: &'static str,
         set: BTreeMap<&'static str, Scalar>,
@@ -368,9 +366,16 @@ pub enum WriteRequest {
     Clear { table: Option<&'static str> },
 }
 
-fn values(table: &Table, raw: &Json, what: &str) -> Result<BTreeMap<&'static str, Scalar>, RequestError> {
+fn values(
+    table: &Table,
+    raw: &Json,
+    what: &str,
+) -> Result<BTreeMap<&'static str, Scalar>, RequestError> {
     let Json::Object(map) = raw else {
-        return bad(format!("\"{what}\" must be an object of column values, got {}", kind(raw)));
+        return bad(format!(
+            "\"{what}\" must be an object of column values, got {}",
+            kind(raw)
+        ));
     };
     if map.is_empty() {
         return bad(format!("\"{what}\" names no column"));
@@ -391,7 +396,9 @@ impl TryFrom<RawWrite> for WriteRequest {
             raw.clear.is_some(),
         ];
         if forms.iter().filter(|f| **f).count() != 1 {
-            return bad("a write takes exactly one of \"insert\", \"delete\", \"update\", \"clear\"");
+            return bad(
+                "a write takes exactly one of \"insert\", \"delete\", \"update\", \"clear\"",
+            );
         }
         let table = raw.table.as_deref().map(table_named).transpose()?;
         if let Some(clear) = raw.clear {
@@ -445,7 +452,9 @@ impl TryFrom<RawWrite> for WriteRequest {
                     filter,
                 })
             }
-            None => bad("a write takes exactly one of \"insert\", \"delete\", \"update\", \"clear\""),
+            None => {
+                bad("a write takes exactly one of \"insert\", \"delete\", \"update\", \"clear\"")
+            }
         }
     }
 }
@@ -570,25 +579,36 @@ mod tests {
     fn read_round_trips_through_its_wire_form() {
         let r = read(json!({"table": "users", "where": {"username": {"!=": "x", ">=": "a"}}, "count": true, "min_seq": 7, "consistency": "strong"}))
             .expect("valid");
-        let back: ReadRequest = parse(serde_json::to_vec(&r).expect("ser").as_slice()).expect("valid");
+        let back: ReadRequest =
+            parse(serde_json::to_vec(&r).expect("ser").as_slice()).expect("valid");
         assert_eq!(r, back);
     }
 
     #[test]
     fn raw_sql_where_is_refused() {
-        let e = err_text(read(json!({"table": "users", "where": "username='a' OR 1=1"})));
+        let e = err_text(read(
+            json!({"table": "users", "where": "username='a' OR 1=1"}),
+        ));
         assert!(e.contains("raw SQL is not accepted"), "{e}");
     }
 
     #[test]
     fn injection_in_names_is_refused() {
-        assert!(err_text(read(json!({"table": "users; DROP TABLE users"}))).contains("unknown table"));
-        assert!(err_text(read(json!({"table": "users", "columns": ["username FROM users --"]})))
-            .contains("unknown column"));
-        assert!(err_text(read(json!({"table": "users", "where": {"1=1 OR username": "a"}})))
-            .contains("unknown column"));
-        assert!(err_text(read(json!({"table": "users", "order_by": [{"column": "password; --"}]})))
-            .contains("unknown column"));
+        assert!(
+            err_text(read(json!({"table": "users; DROP TABLE users"}))).contains("unknown table")
+        );
+        assert!(err_text(read(
+            json!({"table": "users", "columns": ["username FROM users --"]})
+        ))
+        .contains("unknown column"));
+        assert!(err_text(read(
+            json!({"table": "users", "where": {"1=1 OR username": "a"}})
+        ))
+        .contains("unknown column"));
+        assert!(err_text(read(
+            json!({"table": "users", "order_by": [{"column": "password; --"}]})
+        ))
+        .contains("unknown column"));
         assert!(err_text(read(json!({"table": "_meta"}))).contains("unknown table"));
     }
 
@@ -596,30 +616,57 @@ mod tests {
     fn injection_in_values_is_kept_as_a_value() {
         let w = write(json!({"table": "users", "insert": {"username": "a'); DROP TABLE users; --", "password": "x"}}))
             .expect("values are data");
-        let WriteRequest::Insert { values, .. } = w else { panic!("insert expected") };
-        assert_eq!(values["username"], Scalar::Text("a'); DROP TABLE users; --".into()));
+        let WriteRequest::Insert { values, .. } = w else {
+            panic!("insert expected")
+        };
+        assert_eq!(
+            values["username"],
+            Scalar::Text("a'); DROP TABLE users; --".into())
+        );
     }
 
     #[test]
     fn wrong_types_are_refused() {
-        assert!(err_text(read(json!({"table": "rides", "where": {"source": "3"}}))).contains("takes an integer"));
-        assert!(err_text(read(json!({"table": "users", "where": {"username": 3}}))).contains("takes a string"));
-        assert!(err_text(read(json!({"table": "rides", "where": {"source": 1.5}}))).contains("64-bit integer"));
-        assert!(err_text(read(json!({"table": "rides", "where": {"source": 18446744073709551616u128 as f64}})))
-            .contains("64-bit integer"));
-        assert!(err_text(read(json!({"table": "users", "where": {"username": null}}))).contains("null"));
-        assert!(err_text(read(json!({"table": "users", "where": {"username": {"LIKE": "a%"}}})))
-            .contains("unknown operator"));
+        assert!(
+            err_text(read(json!({"table": "rides", "where": {"source": "3"}})))
+                .contains("takes an integer")
+        );
+        assert!(
+            err_text(read(json!({"table": "users", "where": {"username": 3}})))
+                .contains("takes a string")
+        );
+        assert!(
+            err_text(read(json!({"table": "rides", "where": {"source": 1.5}})))
+                .contains("64-bit integer")
+        );
+        assert!(err_text(read(
+            json!({"table": "rides", "where": {"source": 18446744073709551616u128 as f64}})
+        ))
+        .contains("64-bit integer"));
+        assert!(
+            err_text(read(json!({"table": "users", "where": {"username": null}}))).contains("null")
+        );
+        assert!(err_text(read(
+            json!({"table": "users", "where": {"username": {"LIKE": "a%"}}})
+        ))
+        .contains("unknown operator"));
     }
 
     #[test]
     fn missing_and_unknown_fields_are_refused() {
         assert!(err_text(read(json!({"columns": ["username"]}))).contains("missing field"));
-        assert!(err_text(read(json!({"table": "users", "sql": "SELECT 1"}))).contains("unknown field"));
-        assert!(err_text(read(json!({"table": "users", "columns": []}))).contains("must not be empty"));
-        assert!(err_text(write(json!({"insert": {"username": "a"}}))).contains("missing field \"table\""));
-        assert!(err_text(write(json!({"table": "users", "insert": {"username": "a"}})))
-            .contains("needs column \"password\""));
+        assert!(
+            err_text(read(json!({"table": "users", "sql": "SELECT 1"}))).contains("unknown field")
+        );
+        assert!(
+            err_text(read(json!({"table": "users", "columns": []}))).contains("must not be empty")
+        );
+        assert!(err_text(write(json!({"insert": {"username": "a"}})))
+            .contains("missing field \"table\""));
+        assert!(err_text(write(
+            json!({"table": "users", "insert": {"username": "a"}})
+        ))
+        .contains("needs column \"password\""));
         assert!(err_text(write(json!({"table": "users"}))).contains("exactly one"));
         assert!(err_text(write(json!({"table": "users", "insert": {"username": "a", "password": "b"}, "delete": {"username": "a"}})))
             .contains("exactly one"));
@@ -634,11 +681,17 @@ mod tests {
 
     #[test]
     fn delete_and_update_need_a_condition() {
-        assert!(err_text(write(json!({"table": "users", "delete": {}}))).contains("needs a condition"));
-        assert!(err_text(write(json!({"table": "users", "update": {"set": {"password": "p"}, "where": {}}})))
-            .contains("needs a condition"));
-        assert!(err_text(write(json!({"table": "users", "update": {"set": {}, "where": {"username": "a"}}})))
-            .contains("names no column"));
+        assert!(
+            err_text(write(json!({"table": "users", "delete": {}}))).contains("needs a condition")
+        );
+        assert!(err_text(write(
+            json!({"table": "users", "update": {"set": {"password": "p"}, "where": {}}})
+        ))
+        .contains("needs a condition"));
+        assert!(err_text(write(
+            json!({"table": "users", "update": {"set": {}, "where": {"username": "a"}}})
+        ))
+        .contains("names no column"));
     }
 
     #[test]
@@ -651,7 +704,8 @@ mod tests {
             json!({"table": "rides", "clear": true}),
         ] {
             let w = write(body.clone()).expect("valid");
-            let back: WriteRequest = parse(serde_json::to_vec(&w).expect("ser").as_slice()).expect("valid");
+            let back: WriteRequest =
+                parse(serde_json::to_vec(&w).expect("ser").as_slice()).expect("valid");
             assert_eq!(w, back, "{body}");
         }
         assert!(err_text(write(json!({"clear": false}))).contains("must be true"));

@@ -39,7 +39,9 @@ pub fn select(r: &ReadRequest) -> Statement {
     let projection = if r.count {
         "COUNT(*) AS \"count\"".to_string()
     } else if r.columns.is_empty() {
-        let table = schema::table(r.table).map(|t| t.columns).unwrap_or_default();
+        let table = schema::table(r.table)
+            .map(|t| t.columns)
+            .unwrap_or_default();
         quoted(table.iter().map(|c| c.name))
     } else {
         quoted(r.columns.iter().copied())
@@ -141,11 +143,18 @@ mod tests {
 
     #[test]
     fn update_numbers_set_before_where() {
-        let w: WriteRequest =
-            parse(br#"{"table":"users","update":{"set":{"password":"p"},"where":{"username":"a"}}}"#)
-                .expect("valid");
+        let w: WriteRequest = parse(
+            br#"{"table":"users","update":{"set":{"password":"p"},"where":{"username":"a"}}}"#,
+        )
+        .expect("valid");
         let s = &write(&w)[0];
-        assert_eq!(s.sql, "UPDATE \"users\" SET \"password\" = ?1 WHERE \"username\" = ?2");
-        assert_eq!(s.params, vec![Value::Text("p".into()), Value::Text("a".into())]);
+        assert_eq!(
+            s.sql,
+            "UPDATE \"users\" SET \"password\" = ?1 WHERE \"username\" = ?2"
+        );
+        assert_eq!(
+            s.params,
+            vec![Value::Text("p".into()), Value::Text("a".into())]
+        );
     }
 }

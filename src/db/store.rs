@@ -84,7 +84,9 @@ pub enum SyncApplied {
     /// From a master whose epoch is over: ignored.
     Stale,
     /// Entries are missing before this one: the replica must catch up first.
-    Gap { expected: u64 },
+    Gap {
+        expected: u64,
+    },
 }
 
 pub struct Store {
@@ -229,7 +231,11 @@ impl Store {
     pub fn checksum(&self) -> Result<String, DbError> {
         let mut hasher = DefaultHasher::new();
         for table in schema::TABLES {
-            let cols: Vec<String> = table.columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
+            let cols: Vec<String> = table
+                .columns
+                .iter()
+                .map(|c| format!("\"{}\"", c.name))
+                .collect();
             let sql = format!(
                 "SELECT {} FROM \"{}\" ORDER BY {}",
                 cols.join(", "),
@@ -276,7 +282,9 @@ fn apply(
 
 fn meta(conn: &Connection, key: &str) -> Result<u64, DbError> {
     let v: Option<i64> = conn
-        .query_row("SELECT value FROM _meta WHERE key = ?1", [key], |r| r.get(0))
+        .query_row("SELECT value FROM _meta WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
         .optional()?;
     Ok(v.unwrap_or(0).max(0) as u64)
 }
@@ -311,7 +319,9 @@ mod tests {
         parse(body.as_bytes()).expect("valid read")
     }
     fn user(name: &str) -> WriteRequest {
-        w(&format!(r#"{{"table":"users","insert":{{"username":"{name}","password":"p"}}}}"#))
+        w(&format!(
+            r#"{{"table":"users","insert":{{"username":"{name}","password":"p"}}}}"#
+        ))
     }
     fn committed(c: Commit) -> (LogEntry, WriteOutcome) {
         match c {
@@ -336,7 +346,9 @@ mod tests {
     fn failed_write_uses_no_sequence_number() {
         let mut s = Store::open_in_memory().expect("db");
         s.commit("w1", 1, &user("a")).expect("commit");
-        let err = s.commit("w2", 1, &user("a")).expect_err("duplicate username");
+        let err = s
+            .commit("w2", 1, &user("a"))
+            .expect_err("duplicate username");
         assert!(matches!(err, DbError::Constraint(_)), "{err:?}");
         assert_eq!(s.seq(), 1);
         let (e, _) = committed(s.commit("w3", 1, &user("b")).expect("commit"));
@@ -357,19 +369,47 @@ mod tests {
         let entries: Vec<LogEntry> = ["a", "b", "c"]
             .iter()
             .enumerate()
-            .map(|(i, n)| committed(master.commit(&format!("w{i}"), 1, &user(n)).expect("commit")).0)
+            .map(|(i, n)| {
+                committed(
+                    master
+                        .commit(&format!("w{i}"), 1, &user(n))
+                        .expect("commit"),
+                )
+                .0
+            })
             .collect();
-        assert_eq!(replica.apply_sync(&entries[1]).expect("gap"), SyncApplied::Gap { expected: 1 });
-        assert_eq!(replica.apply_sync(&entries[0]).expect("apply"), SyncApplied::Applied);
-        assert_eq!(replica.apply_sync(&entries[0]).expect("dup"), SyncApplied::Duplicate);
-        assert_eq!(replica.apply_sync(&entries[1]).expect("apply"), SyncApplied::Applied);
+        assert_eq!(
+            replica.apply_sync(&entries[1]).expect("gap"),
+            SyncApplied::Gap { expected: 1 }
+        );
+        assert_eq!(
+            replica.apply_sync(&entries[0]).expect("apply"),
+            SyncApplied::Applied
+        );
+        assert_eq!(
+            replica.apply_sync(&entries[0]).expect("dup"),
+            SyncApplied::Duplicate
+        );
+        assert_eq!(
+            replica.apply_sync(&entries[1]).expect("apply"),
+            SyncApplied::Applied
+        );
         assert!(replica.observe_epoch(2).expect("epoch"));
-        assert_eq!(replica.apply_sync(&entries[2]).expect("stale"), SyncApplied::Stale);
+        assert_eq!(
+            replica.apply_sync(&entries[2]).expect("stale"),
+            SyncApplied::Stale
+        );
         let mut next = entries[2].clone();
         next.epoch = 2;
-        assert_eq!(replica.apply_sync(&next).expect("apply"), SyncApplied::Applied);
+        assert_eq!(
+            replica.apply_sync(&next).expect("apply"),
+            SyncApplied::Applied
+        );
         assert_eq!(replica.seq(), 3);
-        assert_eq!(replica.checksum().expect("sum"), master.checksum().expect("sum"));
+        assert_eq!(
+            replica.checksum().expect("sum"),
+            master.checksum().expect("sum")
+        );
         assert!(!replica.observe_epoch(1).expect("older epoch refused"));
     }
 
@@ -389,9 +429,13 @@ mod tests {
     fn reads_filter_order_count_and_limit() {
         let mut s = Store::open_in_memory().expect("db");
         s.commit("u", 1, &user("a")).expect("commit");
-        for (i, ts) in ["2030-01-01 10:00:00", "2020-01-01 10:00:00", "2031-05-05 10:00:00"]
-            .iter()
-            .enumerate()
+        for (i, ts) in [
+            "2030-01-01 10:00:00",
+            "2020-01-01 10:00:00",
+            "2031-05-05 10:00:00",
+        ]
+        .iter()
+        .enumerate()
         {
             s.commit(
                 &format!("r{i}"),
@@ -405,9 +449,15 @@ mod tests {
         let out = s
             .read(&r(r#"{"table":"rides","columns":["ride_id","timestamp"],"where":{"source":1,"timestamp":{">":"2025-01-01 00:00:00"}},"order_by":[{"column":"timestamp","desc":true}]}"#))
             .expect("read");
-        let ids: Vec<i64> = out.rows.iter().map(|r| r["ride_id"].as_i64().unwrap_or(-1)).collect();
+        let ids: Vec<i64> = out
+            .rows
+            .iter()
+            .map(|r| r["ride_id"].as_i64().unwrap_or(-1))
+            .collect();
         assert_eq!(ids, vec![3, 1]);
-        let count = s.read(&r(r#"{"table":"rides","count":true}"#)).expect("count");
+        let count = s
+            .read(&r(r#"{"table":"rides","count":true}"#))
+            .expect("count");
         assert_eq!(count.rows[0]["count"], 3);
         let limited = s.read(&r(r#"{"table":"rides","limit":1}"#)).expect("limit");
         assert_eq!(limited.rows.len(), 1);
@@ -417,16 +467,32 @@ mod tests {
     fn ride_ids_are_not_reused_and_members_go_with_their_ride() {
         let mut s = Store::open_in_memory().expect("db");
         s.commit("u", 1, &user("a")).expect("commit");
-        let ride = w(r#"{"table":"rides","insert":{"created_by":"a","timestamp":"2030-01-01 00:00:00","source":1,"destination":2}}"#);
+        let ride = w(
+            r#"{"table":"rides","insert":{"created_by":"a","timestamp":"2030-01-01 00:00:00","source":1,"destination":2}}"#,
+        );
         let (_, first) = committed(s.commit("r1", 1, &ride).expect("commit"));
-        s.commit("m1", 1, &w(&format!(r#"{{"table":"ride_members","insert":{{"ride_id":{},"username":"a"}}}}"#, first.last_insert_id.unwrap_or(0))))
-            .expect("join");
-        s.commit("d1", 1, &w(r#"{"table":"rides","delete":{"ride_id":1}}"#)).expect("delete");
-        let members = s.read(&r(r#"{"table":"ride_members","count":true}"#)).expect("count");
+        s.commit(
+            "m1",
+            1,
+            &w(&format!(
+                r#"{{"table":"ride_members","insert":{{"ride_id":{},"username":"a"}}}}"#,
+                first.last_insert_id.unwrap_or(0)
+            )),
+        )
+        .expect("join");
+        s.commit("d1", 1, &w(r#"{"table":"rides","delete":{"ride_id":1}}"#))
+            .expect("delete");
+        let members = s
+            .read(&r(r#"{"table":"ride_members","count":true}"#))
+            .expect("count");
         assert_eq!(members.rows[0]["count"], 0);
         let (_, second) = committed(s.commit("r2", 1, &ride).expect("commit"));
         assert_eq!(second.last_insert_id, Some(2));
-        let orphan = s.commit("m2", 1, &w(r#"{"table":"ride_members","insert":{"ride_id":99,"username":"a"}}"#));
+        let orphan = s.commit(
+            "m2",
+            1,
+            &w(r#"{"table":"ride_members","insert":{"ride_id":99,"username":"a"}}"#),
+        );
         assert!(matches!(orphan, Err(DbError::Constraint(_))), "{orphan:?}");
     }
 

@@ -1,0 +1,101 @@
+# shellcheck shell=bash
+# Installs (from Debian packages, when missing) and runs RabbitMQ and ZooKeeper as
+# plain background processes on loopback, with private data under $RUN_DIR.
+# Sourced by scripts/up, scripts/test and scripts/bench.
+
+ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+RUN_DIR=${RUN_DIR:-$ROOT/.run}
+AMQP_PORT=${AMQP_PORT:-5672}
+ZK_PORT=${ZK_PORT:-2181}
+export DBAAS_AMQP_URL=${DBAAS_AMQP_URL:-amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f}
+export DBAAS_ZK_HOSTS=${DBAAS_ZK_HOSTS:-127.0.0.1:$ZK_PORT}
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# apt_install PKG... : installs the packages that are missing (needs root, as on CI).
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]} from Debian packages"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# wait_for DESCRIPTION SECONDS COMMAND... : polls COMMAND until it succeeds.
+wait_for() {
+  local what=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then log "timed out waiting for $what"; return 1; fi
+    sleep 0.2
+  done
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start_rabbitmq() {
+  apt_install rabbitmq-server
+  local dir=$RUN_DIR/rabbitmq
+  if port_open "$AMQP_PORT"; then log "RabbitMQ already listening on $AMQP_PORT"; return 0; fi
+  mkdir -p "$dir/mnesia" "$dir/log"
+  : > "$dir/enabled_plugins"
+  echo "[]." > "$dir/enabled_plugins"
+  cat > "$dir/rabbitmq.conf" <<CONF
+listeners.tcp.default = 127.0.0.1:$AMQP_PORT
+loopback_users = none
+CONF
+  log "starting RabbitMQ on 127.0.0.1:$AMQP_PORT (data in $dir)"
+  RABBITMQ_MNESIA_BASE=$dir/mnesia RABBITMQ_LOG_BASE=$dir/log \
+    RABBITMQ_NODENAME=dbaas-${AMQP_PORT}@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+    RABBITMQ_NODE_PORT=$AMQP_PORT RABBITMQ_DIST_PORT=$((AMQP_PORT + 20000)) \
+    RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins RABBITMQ_CONFIG_FILE=$dir/rabbitmq \
+    RABBITMQ_PID_FILE=$dir/pid HOME=$dir \
+    setsid /usr/lib/rabbitmq/bin/rabbitmq-server > "$dir/stdout.log" 2>&1 &
+  echo $! > "$dir/launcher.pid"
+  wait_for "RabbitMQ" 90 port_open "$AMQP_PORT" || { tail -20 "$dir/stdout.log" >&2; return 1; }
+}
+
+start_zookeeper() {
+  apt_install zookeeper default-jre-headless
+  local dir=$RUN_DIR/zookeeper
+  if port_open "$ZK_PORT"; then log "ZooKeeper already listening on $ZK_PORT"; return 0; fi
+  mkdir -p "$dir/data" "$dir/conf"
+  cat > "$dir/conf/zoo.cfg" <<CONF
+tickTime=200
+initLimit=10
+syncLimit=5
+dataDir=$dir/data
+clientPort=$ZK_PORT
+clientPortAddress=127.0.0.1
+admin.enableServer=false
+4lw.commands.whitelist=*
+minSessionTimeout=400
+maxSessionTimeout=30000
+CONF
+  cp /etc/zookeeper/conf/log4j.properties "$dir/conf/" 2>/dev/null || true
+  log "starting ZooKeeper on 127.0.0.1:$ZK_PORT (data in $dir)"
+  ZOOCFGDIR=$dir/conf ZOO_LOG_DIR=$dir ZOO_LOG4J_PROP="WARN,CONSOLE" \
+    setsid /usr/share/zookeeper/bin/zkServer.sh start-foreground "$dir/conf/zoo.cfg" > "$dir/stdout.log" 2>&1 &
+  echo $! > "$dir/launcher.pid"
+  wait_for "ZooKeeper" 60 port_open "$ZK_PORT" || { tail -20 "$dir/stdout.log" >&2; return 1; }
+}
+
+# stop_pidfile FILE : kills the process group started by us (setsid) and its children.
+stop_pidfile() {
+  local f=$1
+  [ -f "$f" ] || return 0
+  local pid; pid=$(cat "$f")
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  rm -f "$f"
+}
+
+stop_services() {
+  stop_pidfile "$RUN_DIR/zookeeper/launcher.pid"
+  if [ -f "$RUN_DIR/rabbitmq/launcher.pid" ]; then
+    # rabbitmq-server execs beam; epmd is started alongside and left to itself.
+    stop_pidfile "$RUN_DIR/rabbitmq/launcher.pid"
+  fi
+}

@@ -1,0 +1,171 @@
+//! RabbitMQ: the queue names, the topology every process declares, connecting
+//! with retries, and the messages that travel on the queues.
+//!
+//! - `readQ`, `writeQ`: durable work queues (round-robin among consumers, manual acks).
+//! - `responseQ`: the orchestrator's reply queue (RPC pattern, correlation ids).
+//! - `syncQ`: a RabbitMQ *stream*: an append-only log every replica reads in full
+//!   from its own offset, so every slave sees every write in the same order and a
+//!   new slave can start reading from where its snapshot ends.
+
+pub mod messages;
+
+use std::time::Duration;
+
+use lapin::options::{BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties};
+use tracing::{info, warn};
+
+pub const READ_Q: &str = "readQ";
+pub const WRITE_Q: &str = "writeQ";
+pub const SYNC_Q: &str = "syncQ";
+pub const RESPONSE_Q: &str = "responseQ";
+
+/// Connects to `url`, retrying until `patience` runs out (brokers start slowly).
+pub async fn connect(url: &str, name: &str, patience: Duration) -> anyhow::Result<Connection> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
+        let attempt =
+            tokio::time::timeout(Duration::from_secs(5), Connection::connect(url, props)).await;
+        match attempt {
+            Ok(Ok(conn)) => {
+                info!(name, "connected to RabbitMQ");
+                return Ok(conn);
+            }
+            Ok(Err(e)) if tokio::time::Instant::now() >= deadline => {
+                return Err(anyhow::anyhow!("cannot connect to RabbitMQ at {url}: {e}"))
+            }
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(anyhow::anyhow!("timed out connecting to RabbitMQ at {url}"))
+            }
+            Ok(Err(e)) => warn!(error = %e, "RabbitMQ not reachable yet, retrying"),
+            Err(_) => warn!("RabbitMQ connection attempt timed out, retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Declares the four queues (idempotent: every process declares them).
+pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    for q in [READ_Q, WRITE_Q, RESPONSE_Q] {
+        channel
+            .queue_declare(q.into(), durable, FieldTable::default())
+            .await?;
+    }
+    let mut stream = FieldTable::default();
+    stream.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    channel
+        .queue_declare(SYNC_Q.into(), durable, stream)
+        .await?;
+    Ok(())
+}
+
+/// A channel with publisher confirms on, for publishes that must not be lost.
+pub async fn confirmed_channel(conn: &Connection) -> lapin::Result<Channel> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(ch)
+}
+
+/// A channel for consuming with at most `prefetch` unacknowledged deliveries.
+pub async fn consumer_channel(conn: &Connection, prefetch: u16) -> lapin::Result<Channel> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    Ok(ch)
+}
+
+/// Consumer arguments to read the `syncQ` stream from `offset`
+/// ("first", "next", "last", or an absolute offset).
+pub fn stream_offset(offset: StreamOffset) -> FieldTable {
+    let mut args = FieldTable::default();
+    let v = match offset {
+        StreamOffset::First => AMQPValue::LongString("first".into()),
+        StreamOffset::Next => AMQPValue::LongString("next".into()),
+        StreamOffset::At(n) => AMQPValue::LongLongInt(n as i64),
+    };
+    args.insert("x-stream-offset".into(), v);
+    args
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOffset {
+    First,
+    Next,
+    At(u64),
+}
+
+/// The stream offset RabbitMQ attaches to each delivery from a stream.
+pub fn delivery_stream_offset(props: &lapin::BasicProperties) -> Option<u64> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(&ShortString::from("x-stream-offset"))? {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        _ => None,
+    }
+}
+
+/// Publishes `body` to `queue` (default exchange) as a persistent message and waits
+/// for the broker's confirm: an error means the message may not be stored.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+    patience: Duration,
+) -> anyhow::Result<()> {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            properties.with_delivery_mode(2),
+        )
+        .await?;
+    match tokio::time::timeout(patience, confirm).await {
+        Ok(Ok(c)) if c.is_ack() => Ok(()),
+        Ok(Ok(c)) => Err(anyhow::anyhow!("broker refused publish to {queue}: {c:?}")),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(anyhow::anyhow!(
+            "no confirm from broker for {queue} within {patience:?}"
+        )),
+    }
+}
+
+/// Sends `reply` to the delivery's `reply_to` queue with its correlation id (RPC
+/// pattern). Deliveries without `reply_to` get no answer.
+pub async fn reply(
+    channel: &Channel,
+    request: &lapin::BasicProperties,
+    reply: &messages::Reply,
+) -> anyhow::Result<()> {
+    let Some(reply_to) = request.reply_to().as_ref() else {
+        return Ok(());
+    };
+    let mut props = lapin::BasicProperties::default();
+    if let Some(id) = request.correlation_id().as_ref() {
+        props = props.with_correlation_id(id.clone());
+    }
+    let body = serde_json::to_vec(reply)?;
+    channel
+        .basic_publish(
+            "".into(),
+            reply_to.clone(),
+            lapin::options::BasicPublishOptions::default(),
+            &body,
+            props,
+        )
+        .await?;
+    Ok(())
+}

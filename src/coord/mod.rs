@@ -1,0 +1,163 @@
+//! ZooKeeper: the znode layout both the workers and the orchestrator use, the
+//! records stored in them, and connecting.
+//!
+//! ```text
+//! /dbaas/workers/<pid>   ephemeral, one per live worker: WorkerInfo (role, applied seq)
+//! /dbaas/master          ephemeral, held by the master: MasterInfo (pid, epoch)
+//! /dbaas/epoch           persistent counter, bumped (compare-and-set) by each new master
+//! /dbaas/assigned/<name> persistent, the host pid the supervisor read for a container
+//! ```
+
+pub mod election;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use zookeeper_client as zk;
+
+pub const ROOT: &str = "/dbaas";
+pub const WORKERS: &str = "/dbaas/workers";
+pub const MASTER: &str = "/dbaas/master";
+pub const EPOCH: &str = "/dbaas/epoch";
+pub const ASSIGNED: &str = "/dbaas/assigned";
+
+pub fn worker_path(pid: u32) -> String {
+    format!("{WORKERS}/{pid}")
+}
+
+pub fn assigned_path(name: &str) -> String {
+    format!("{ASSIGNED}/{name}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Slave,
+    /// Elected, applying what earlier masters published before taking writes.
+    Promoting,
+    Master,
+}
+
+/// What a worker publishes about itself in its znode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub pid: u32,
+    pub role: Role,
+    /// Last applied replication sequence number.
+    pub seq: u64,
+    pub epoch: u64,
+    /// Unix milliseconds when the worker started.
+    pub started_at_ms: i64,
+}
+
+/// The master znode's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterInfo {
+    pub pid: u32,
+    pub epoch: u64,
+}
+
+/// Opens a ZooKeeper session, retrying until `patience` runs out.
+pub async fn connect(
+    hosts: &str,
+    session_timeout: Duration,
+    patience: Duration,
+) -> anyhow::Result<zk::Client> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let attempt = zk::Client::connector()
+            .with_session_timeout(session_timeout)
+            .with_connection_timeout(Duration::from_secs(2))
+            .connect(hosts);
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(client)) => {
+                ensure_layout(&client).await?;
+                return Ok(client);
+            }
+            Ok(Err(e)) if tokio::time::Instant::now() >= deadline => {
+                return Err(anyhow::anyhow!(
+                    "cannot connect to ZooKeeper at {hosts}: {e}"
+                ))
+            }
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(anyhow::anyhow!(
+                    "timed out connecting to ZooKeeper at {hosts}"
+                ))
+            }
+            _ => tracing::warn!(hosts, "ZooKeeper not reachable yet, retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+pub fn persistent() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
+}
+
+pub fn ephemeral() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all())
+}
+
+async fn ensure_layout(client: &zk::Client) -> anyhow::Result<()> {
+    for path in [ROOT, WORKERS, ASSIGNED] {
+        match client.create(path, b"", &persistent()).await {
+            Ok(_) | Err(zk::Error::NodeExists) => {}
+            Err(e) => return Err(anyhow::anyhow!("creating {path}: {e}")),
+        }
+    }
+    match client.create(EPOCH, b"0", &persistent()).await {
+        Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("creating {EPOCH}: {e}")),
+    }
+}
+
+/// Reads the master znode, if there is a master.
+pub async fn master(client: &zk::Client) -> Result<Option<MasterInfo>, zk::Error> {
+    match client.get_data(MASTER).await {
+        Ok((data, _)) => Ok(serde_json::from_slice(&data).ok()),
+        Err(zk::Error::NoNode) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads every registered worker's record (skipping ones that vanish meanwhile).
+pub async fn workers(client: &zk::Client) -> Result<Vec<WorkerInfo>, zk::Error> {
+    let mut out = Vec::new();
+    for child in client.list_children(WORKERS).await? {
+        match client.get_data(&format!("{WORKERS}/{child}")).await {
+            Ok((data, _)) => {
+                if let Ok(info) = serde_json::from_slice::<WorkerInfo>(&data) {
+                    out.push(info);
+                }
+            }
+            Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by_key(|w| w.pid);
+    Ok(out)
+}
+
+/// Removes a dead worker's znodes (and the master znode if it held it), so the
+/// rest of the system reacts at once instead of after the session timeout.
+/// Only for workers known to be dead: a live worker's session would keep going.
+pub async fn forget_dead_worker(client: &zk::Client, pid: u32) -> Result<(), zk::Error> {
+    match client.get_data(MASTER).await {
+        Ok((data, stat)) => {
+            let holder = serde_json::from_slice::<MasterInfo>(&data).ok();
+            if holder.is_some_and(|m| m.pid == pid) {
+                // Versioned: never deletes a master znode a new master created meanwhile.
+                match client.delete(MASTER, Some(stat.version)).await {
+                    Ok(()) | Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(zk::Error::NoNode) => {}
+        Err(e) => return Err(e),
+    }
+    match client.delete(&worker_path(pid), None).await {
+        Ok(()) | Err(zk::Error::NoNode) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

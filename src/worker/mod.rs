@@ -1,0 +1,202 @@
+//! A worker: one binary, one code path for both roles. It keeps its own SQLite
+//! copy, applies the `syncQ` stream to it, serves `readQ` while it is a slave, and
+//! when ZooKeeper's election makes it master it first reads the stream up to its
+//! own barrier (so it has everything earlier masters published) and then serves
+//! `writeQ`. Any broken invariant ends the process (crash-only): the orchestrator's
+//! supervisor starts a fresh replica in its place.
+
+pub mod election;
+pub mod reads;
+pub mod replica;
+pub mod sync;
+pub mod writes;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+use zookeeper_client as zk;
+
+use crate::broker::{self, messages::SyncMessage, SYNC_Q};
+use crate::coord::{self, Role};
+use crate::db::Store;
+use replica::Replica;
+
+/// How a worker is started (flags and env of the `worker` binary).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub amqp_url: String,
+    pub zk_hosts: String,
+    pub zk_session_timeout: Duration,
+    pub data_dir: PathBuf,
+    /// The pid this worker is known by; defaults to its OS pid.
+    pub pid: Option<u32>,
+    /// In a container the worker cannot see its host pid: it waits for the
+    /// supervisor to write it at `/dbaas/assigned/<name>`.
+    pub assigned_name: Option<String>,
+    /// How long a read with `min_seq` waits for this replica to catch up.
+    pub read_wait: Duration,
+}
+
+/// What the worker's tasks share.
+#[derive(Clone)]
+pub struct WorkerState {
+    pub pid: u32,
+    pub replica: Replica,
+    pub role: Arc<watch::Sender<Role>>,
+    /// The nonce of the last barrier read from `syncQ`.
+    pub barrier_seen: Arc<watch::Sender<Option<String>>>,
+    /// The epoch this worker leads in (0 while a slave).
+    pub epoch: Arc<AtomicU64>,
+    pub started_at_ms: i64,
+}
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let zk = coord::connect(&config.zk_hosts, config.zk_session_timeout, PATIENCE).await?;
+    let pid = match (config.pid, &config.assigned_name) {
+        (Some(pid), _) => pid,
+        (None, Some(name)) => assigned_pid(&zk, name).await?,
+        (None, None) => std::process::id(),
+    };
+    std::fs::create_dir_all(&config.data_dir)?;
+    let db_path = config.data_dir.join(format!("worker-{pid}.sqlite"));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db_path.display()));
+    }
+    let store = Store::open(&db_path)?;
+    let state = WorkerState {
+        pid,
+        replica: Replica::new(store),
+        role: Arc::new(watch::channel(Role::Slave).0),
+        barrier_seen: Arc::new(watch::channel(None).0),
+        epoch: Arc::new(AtomicU64::new(0)),
+        started_at_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    let conn = broker::connect(&config.amqp_url, &format!("worker-{pid}"), PATIENCE).await?;
+    broker::declare_topology(&conn.create_channel().await?).await?;
+
+    election::register(&zk, &state).await?;
+    info!(pid, db = %db_path.display(), "worker registered as slave");
+    tokio::spawn(election::publish_progress(
+        zk.clone(),
+        state.clone(),
+        Duration::from_millis(500),
+    ));
+
+    let outcome = tokio::select! {
+        stop = sync::run(&conn, state.clone()) => Err(anyhow::anyhow!("sync stopped: {stop}")),
+        lost = election::session_lost(&zk) => Err(anyhow::anyhow!("ZooKeeper session ended: {lost:?}")),
+        served = serve(&conn, &zk, state.clone(), &config) => served,
+        _ = shutdown_signal() => {
+            info!(pid, "shutting down");
+            Ok(())
+        }
+    };
+    // Leave at once rather than after the session timeout; a dead worker's
+    // ephemeral znodes would go with its session anyway.
+    if let Err(e) = coord::forget_dead_worker(&zk, pid).await {
+        warn!(error = %e, "could not remove own znodes");
+    }
+    let _ = conn.close(200, "worker stopping".into()).await;
+    if let Err(e) = &outcome {
+        error!(pid, error = %e, "worker stopped");
+    }
+    outcome
+}
+
+/// Slave until elected, then promotion and the master's write service.
+async fn serve(
+    conn: &lapin::Connection,
+    zk: &zk::Client,
+    state: WorkerState,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let reads = reads::start(conn, state.clone(), config.read_wait).await?;
+    let epoch = election::win(zk, &state).await?;
+    state.epoch.store(epoch, Ordering::Relaxed);
+    state.role.send_replace(Role::Promoting);
+    // Unacked reads go back to readQ for the slaves.
+    let _ = reads.close(200, "promoted to master".into()).await;
+    catch_up_to_barrier(conn, &state, epoch).await?;
+    state.role.send_replace(Role::Master);
+    info!(
+        pid = state.pid,
+        epoch,
+        seq = state.replica.seq(),
+        "now master: serving writeQ"
+    );
+    writes::run(conn, state, epoch).await
+}
+
+/// Publishes this master's barrier on `syncQ` and waits until the sync loop has
+/// read it: by then every entry of earlier masters is applied here.
+async fn catch_up_to_barrier(
+    conn: &lapin::Connection,
+    state: &WorkerState,
+    epoch: u64,
+) -> anyhow::Result<()> {
+    let nonce = uuid::Uuid::new_v4().to_string();
+    let mut seen = state.barrier_seen.subscribe();
+    let channel = broker::confirmed_channel(conn).await?;
+    let body = serde_json::to_vec(&SyncMessage::Barrier {
+        epoch,
+        pid: state.pid,
+        nonce: nonce.clone(),
+    })?;
+    broker::publish_confirmed(
+        &channel,
+        SYNC_Q,
+        &body,
+        BasicProperties::default(),
+        PATIENCE,
+    )
+    .await?;
+    tokio::time::timeout(
+        PATIENCE,
+        seen.wait_for(|n| n.as_deref() == Some(nonce.as_str())),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("did not read own barrier back within {PATIENCE:?}"))??;
+    let _ = channel.close(200, "barrier read".into()).await;
+    Ok(())
+}
+
+async fn assigned_pid(zk: &zk::Client, name: &str) -> anyhow::Result<u32> {
+    let path = coord::assigned_path(name);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (stat, watcher) = zk.check_and_watch_stat(&path).await?;
+        if stat.is_some() {
+            let (data, _) = zk.get_data(&path).await?;
+            return std::str::from_utf8(&data)?
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{path} holds no pid: {e}"));
+        }
+        tokio::time::timeout_at(deadline, watcher.changed())
+            .await
+            .map_err(|_| anyhow::anyhow!("no pid assigned at {path} within {PATIENCE:?}"))?;
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,93 @@
+//! Reads the `syncQ` stream and applies it to this worker's copy, strictly in
+//! sequence order. Every worker runs this, master included: a master ignores its
+//! own entries (duplicates), and a master that sees a newer master's barrier
+//! knows it has been replaced and stops.
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::Connection;
+use tracing::{debug, error, info, warn};
+
+use super::WorkerState;
+use crate::broker::messages::SyncMessage;
+use crate::broker::{self, StreamOffset, SYNC_Q};
+use crate::coord::Role;
+use crate::db::SyncApplied;
+
+/// Why the sync loop stopped; every reason ends the worker (crash-only: the
+/// supervisor starts a fresh replica).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncStop {
+    #[error("syncQ consumer ended")]
+    Ended,
+    #[error("replica missing entries: expected seq {expected}, got {got}")]
+    Gap { expected: u64, got: u64 },
+    #[error("replica diverged: {0}")]
+    Diverged(String),
+    #[error("a newer master (pid {pid}, epoch {epoch}) took over")]
+    Superseded { pid: u32, epoch: u64 },
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+pub async fn run(conn: &Connection, state: WorkerState) -> SyncStop {
+    match consume(conn, &state).await {
+        Ok(()) => SyncStop::Ended,
+        Err(e) => e,
+    }
+}
+
+async fn consume(conn: &Connection, state: &WorkerState) -> Result<(), SyncStop> {
+    let channel = broker::consumer_channel(conn, 512).await?;
+    let mut consumer = channel
+        .basic_consume(
+            SYNC_Q.into(),
+            format!("sync-{}", state.pid).into(),
+            BasicConsumeOptions::default(),
+            broker::stream_offset(StreamOffset::First),
+        )
+        .await?;
+    info!(pid = state.pid, "reading syncQ from the first entry");
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        let message: SyncMessage = match serde_json::from_slice(&delivery.data) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "skipping unreadable syncQ message");
+                delivery.ack(BasicAckOptions::default()).await?;
+                continue;
+            }
+        };
+        match message {
+            SyncMessage::Entry(entry) => {
+                let (seq, epoch) = (entry.seq, entry.epoch);
+                match state.replica.apply_sync(entry).await {
+                    Ok(SyncApplied::Applied) => debug!(seq, "applied"),
+                    Ok(SyncApplied::Duplicate) => {}
+                    Ok(SyncApplied::Stale) => {
+                        warn!(seq, epoch, "ignored entry from a replaced master")
+                    }
+                    Ok(SyncApplied::Gap { expected }) => {
+                        return Err(SyncStop::Gap { expected, got: seq })
+                    }
+                    Err(e) => return Err(SyncStop::Diverged(e.to_string())),
+                }
+            }
+            SyncMessage::Barrier { epoch, pid, nonce } => {
+                let current = state.replica.epoch().await.unwrap_or(0);
+                let is_master = matches!(*state.role.borrow(), Role::Master | Role::Promoting);
+                if pid != state.pid && is_master && epoch > current {
+                    return Err(SyncStop::Superseded { pid, epoch });
+                }
+                match state.replica.observe_epoch(epoch).await {
+                    Ok(true) => info!(epoch, master = pid, "new master's barrier"),
+                    Ok(false) => warn!(epoch, master = pid, "ignored barrier of an old epoch"),
+                    Err(e) => error!(error = %e, "recording epoch failed"),
+                }
+                state.barrier_seen.send_replace(Some(nonce));
+            }
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+    Ok(())
+}
