@@ -5,8 +5,10 @@
 //! - [`coord`]: ZooKeeper layout, worker records and the election rule.
 //! - [`db`]: the schema, the typed request model, the only SQL, and a worker's store.
 //! - [`worker`]: the worker process: sync stream, read service, election, write service.
+pub mod actors;
 pub mod broker;
 pub mod coord;
 pub mod db;
+pub mod runtime;
 pub mod telemetry;
 pub mod worker;

@@ -1,0 +1,256 @@
+//! `Election`: the orchestrator's view of ZooKeeper. A watch loop (children of
+//! `/dbaas/workers` and the `/dbaas/master` znode, re-armed after every event, plus
+//! a slow poll for the workers' progress) sends it [`Membership`] snapshots; it
+//! keeps the latest, answers who is master and who the slaves are, and tells the
+//! supervisor whenever the set of workers changes. The election itself happens
+//! among the workers (see [`crate::coord::election`]); this actor observes it.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{info, warn};
+use zookeeper_client as zk;
+
+use crate::coord::{self, MasterInfo, Role, WorkerInfo, MASTER, WORKERS};
+
+/// What ZooKeeper showed at one moment.
+#[derive(Message, Debug, Clone, Default, PartialEq)]
+#[rtype(result = "()")]
+pub struct Membership {
+    pub workers: Vec<WorkerInfo>,
+    pub master: Option<MasterInfo>,
+}
+
+impl Membership {
+    pub fn pids(&self) -> BTreeSet<u32> {
+        self.workers.iter().map(|w| w.pid).collect()
+    }
+
+    /// The master's pid, if its znode exists and its worker is registered.
+    pub fn master_pid(&self) -> Option<u32> {
+        self.master
+            .map(|m| m.pid)
+            .filter(|pid| self.workers.iter().any(|w| w.pid == *pid))
+    }
+
+    /// Registered workers other than the master, by pid.
+    pub fn slave_pids(&self) -> Vec<u32> {
+        let master = self.master_pid();
+        self.workers
+            .iter()
+            .map(|w| w.pid)
+            .filter(|p| Some(*p) != master)
+            .collect()
+    }
+
+    /// Slaves that serve reads (not in the middle of a promotion).
+    pub fn serving_slaves(&self) -> usize {
+        let master = self.master_pid();
+        self.workers
+            .iter()
+            .filter(|w| Some(w.pid) != master && w.role == Role::Slave)
+            .count()
+    }
+}
+
+/// Latest membership.
+#[derive(Message)]
+#[rtype(result = "Membership")]
+pub struct GetMembership;
+
+/// A worker is known dead (killed and reaped): drop it from the view now rather
+/// than when ZooKeeper catches up.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ForgetWorker(pub u32);
+
+pub struct Election {
+    view: Membership,
+    forgotten: BTreeSet<u32>,
+    on_change: Option<Recipient<Membership>>,
+}
+
+impl Election {
+    /// `on_change` receives every new membership (the supervisor).
+    pub fn new(on_change: Option<Recipient<Membership>>) -> Self {
+        Election {
+            view: Membership::default(),
+            forgotten: BTreeSet::new(),
+            on_change,
+        }
+    }
+
+    fn visible(&self, mut m: Membership) -> Membership {
+        m.workers.retain(|w| !self.forgotten.contains(&w.pid));
+        if m.master.is_some_and(|x| self.forgotten.contains(&x.pid)) {
+            m.master = None;
+        }
+        m
+    }
+}
+
+impl Actor for Election {
+    type Context = Context<Self>;
+}
+
+impl Handler<Membership> for Election {
+    type Result = ();
+    fn handle(&mut self, m: Membership, _: &mut Context<Self>) {
+        // A forgotten pid stays hidden until ZooKeeper no longer lists it.
+        let listed = m.pids();
+        self.forgotten.retain(|p| listed.contains(p));
+        let m = self.visible(m);
+        if m.master_pid() != self.view.master_pid() {
+            info!(master = ?m.master_pid(), epoch = ?m.master.map(|x| x.epoch), "master changed");
+        }
+        if m.pids() != self.view.pids() {
+            info!(workers = ?m.pids(), "workers changed");
+        }
+        let changed = m != self.view;
+        self.view = m;
+        if changed {
+            if let Some(r) = &self.on_change {
+                r.do_send(self.view.clone());
+            }
+        }
+    }
+}
+
+impl Handler<GetMembership> for Election {
+    type Result = MessageResult<GetMembership>;
+    fn handle(&mut self, _: GetMembership, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.view.clone())
+    }
+}
+
+impl Handler<ForgetWorker> for Election {
+    type Result = ();
+    fn handle(&mut self, ForgetWorker(pid): ForgetWorker, _: &mut Context<Self>) {
+        self.forgotten.insert(pid);
+        self.view = self.visible(self.view.clone());
+    }
+}
+
+/// Reads the membership from ZooKeeper once.
+pub async fn read_membership(client: &zk::Client) -> Result<Membership, zk::Error> {
+    Ok(Membership {
+        workers: coord::workers(client).await?,
+        master: coord::master(client).await?,
+    })
+}
+
+/// Watches ZooKeeper and sends a [`Membership`] to `to` on every change of the
+/// worker set or the master, and every `poll` for the workers' progress.
+pub async fn watch(client: zk::Client, to: Recipient<Membership>, poll: Duration) {
+    loop {
+        let children = client.get_and_watch_children(WORKERS).await;
+        let master = client.check_and_watch_stat(MASTER).await;
+        let (children_watch, master_watch) = match (children, master) {
+            (Ok((_, _, c)), Ok((_, m))) => (c, m),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "ZooKeeper watch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        match read_membership(&client).await {
+            Ok(m) => to.do_send(m),
+            Err(e) => warn!(error = %e, "reading membership failed"),
+        }
+        tokio::select! {
+            _ = children_watch.changed() => {}
+            _ = master_watch.changed() => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(pid: u32, role: Role) -> WorkerInfo {
+        WorkerInfo {
+            pid,
+            role,
+            seq: 0,
+            epoch: 0,
+            started_at_ms: 0,
+        }
+    }
+
+    fn membership(master: u32, pids: &[u32]) -> Membership {
+        Membership {
+            workers: pids
+                .iter()
+                .map(|&p| {
+                    worker(
+                        p,
+                        if p == master {
+                            Role::Master
+                        } else {
+                            Role::Slave
+                        },
+                    )
+                })
+                .collect(),
+            master: Some(MasterInfo {
+                pid: master,
+                epoch: 1,
+            }),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn keeps_the_latest_view_and_hides_forgotten_workers() {
+        let election = Election::new(None).start();
+        election
+            .send(membership(10, &[10, 20, 30]))
+            .await
+            .expect("send");
+        let m = election.send(GetMembership).await.expect("send");
+        assert_eq!(m.master_pid(), Some(10));
+        assert_eq!(m.slave_pids(), vec![20, 30]);
+        election.send(ForgetWorker(10)).await.expect("send");
+        let m = election.send(GetMembership).await.expect("send");
+        assert_eq!(m.master_pid(), None);
+        assert_eq!(m.pids().into_iter().collect::<Vec<_>>(), vec![20, 30]);
+        // ZooKeeper still lists 10 for a moment: it stays hidden.
+        election
+            .send(membership(10, &[10, 20, 30]))
+            .await
+            .expect("send");
+        assert_eq!(
+            election
+                .send(GetMembership)
+                .await
+                .expect("send")
+                .master_pid(),
+            None
+        );
+        // Then 20 is elected and 10 is gone from ZooKeeper.
+        election
+            .send(membership(20, &[20, 30]))
+            .await
+            .expect("send");
+        assert_eq!(
+            election
+                .send(GetMembership)
+                .await
+                .expect("send")
+                .master_pid(),
+            Some(20)
+        );
+    }
+
+    #[test]
+    fn a_master_znode_without_its_worker_is_no_master() {
+        let m = Membership {
+            workers: vec![worker(5, Role::Slave)],
+            master: Some(MasterInfo { pid: 9, epoch: 3 }),
+        };
+        assert_eq!(m.master_pid(), None);
+        assert_eq!(m.serving_slaves(), 1);
+    }
+}

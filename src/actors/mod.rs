@@ -1,0 +1,11 @@
+//! The orchestrator's actors, each in its own file with the messages it handles:
+//! [`dispatcher::Dispatcher`] publishes requests, [`rpc_waiter::RpcWaiter`] matches
+//! replies to waiting requests, [`election::Election`] watches ZooKeeper,
+//! [`supervisor::ContainerSupervisor`] starts and kills workers, and
+//! [`scaler::Scaler`] sizes the slave pool from the read rate.
+
+pub mod dispatcher;
+pub mod election;
+pub mod rpc_waiter;
+pub mod scaler;
+pub mod supervisor;

@@ -1,0 +1,170 @@
+//! `RpcWaiter`: consumes `responseQ` and completes the HTTP request waiting for
+//! each reply, matched by correlation id. Requests that time out are forgotten,
+//! so a late reply is dropped instead of leaking.
+
+use std::collections::HashMap;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use crate::broker::messages::Reply;
+
+/// Register interest in the reply with this correlation id (before publishing).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Expect {
+    pub correlation_id: String,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// The waiting request gave up (timeout): drop its slot.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Forget {
+    pub correlation_id: String,
+}
+
+/// A reply arrived on `responseQ`.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Delivered {
+    pub correlation_id: String,
+    pub reply: Reply,
+}
+
+/// How many requests are waiting (for status and tests).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Pending;
+
+#[derive(Default)]
+pub struct RpcWaiter {
+    waiting: HashMap<String, oneshot::Sender<Reply>>,
+}
+
+impl Actor for RpcWaiter {
+    type Context = Context<Self>;
+}
+
+impl Handler<Expect> for RpcWaiter {
+    type Result = ();
+    fn handle(&mut self, msg: Expect, _: &mut Context<Self>) {
+        self.waiting.insert(msg.correlation_id, msg.reply);
+    }
+}
+
+impl Handler<Forget> for RpcWaiter {
+    type Result = ();
+    fn handle(&mut self, msg: Forget, _: &mut Context<Self>) {
+        self.waiting.remove(&msg.correlation_id);
+    }
+}
+
+impl Handler<Delivered> for RpcWaiter {
+    type Result = ();
+    fn handle(&mut self, msg: Delivered, _: &mut Context<Self>) {
+        match self.waiting.remove(&msg.correlation_id) {
+            Some(tx) => {
+                let _ = tx.send(msg.reply);
+            }
+            None => {
+                debug!(id = %msg.correlation_id, "reply for a request nobody waits for (late or duplicate)")
+            }
+        }
+    }
+}
+
+impl Handler<Pending> for RpcWaiter {
+    type Result = usize;
+    fn handle(&mut self, _: Pending, _: &mut Context<Self>) -> usize {
+        self.waiting.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::WriteOutcome;
+
+    fn reply(seq: u64) -> Reply {
+        Reply::Write(WriteOutcome {
+            seq,
+            rows_affected: 1,
+            last_insert_id: None,
+        })
+    }
+
+    #[actix_rt::test]
+    async fn replies_reach_the_request_with_their_correlation_id() {
+        let waiter = RpcWaiter::default().start();
+        let (tx_a, rx_a) = oneshot::channel();
+        let (tx_b, rx_b) = oneshot::channel();
+        waiter
+            .send(Expect {
+                correlation_id: "a".into(),
+                reply: tx_a,
+            })
+            .await
+            .expect("send");
+        waiter
+            .send(Expect {
+                correlation_id: "b".into(),
+                reply: tx_b,
+            })
+            .await
+            .expect("send");
+        waiter
+            .send(Delivered {
+                correlation_id: "b".into(),
+                reply: reply(2),
+            })
+            .await
+            .expect("send");
+        waiter
+            .send(Delivered {
+                correlation_id: "a".into(),
+                reply: reply(1),
+            })
+            .await
+            .expect("send");
+        assert_eq!(rx_a.await.expect("a answered"), reply(1));
+        assert_eq!(rx_b.await.expect("b answered"), reply(2));
+        assert_eq!(waiter.send(Pending).await.expect("send"), 0);
+    }
+
+    #[actix_rt::test]
+    async fn late_and_unknown_replies_are_dropped() {
+        let waiter = RpcWaiter::default().start();
+        let (tx, rx) = oneshot::channel();
+        waiter
+            .send(Expect {
+                correlation_id: "x".into(),
+                reply: tx,
+            })
+            .await
+            .expect("send");
+        waiter
+            .send(Forget {
+                correlation_id: "x".into(),
+            })
+            .await
+            .expect("send");
+        waiter
+            .send(Delivered {
+                correlation_id: "x".into(),
+                reply: reply(1),
+            })
+            .await
+            .expect("send");
+        waiter
+            .send(Delivered {
+                correlation_id: "nobody".into(),
+                reply: reply(1),
+            })
+            .await
+            .expect("send");
+        assert!(rx.await.is_err(), "forgotten request gets nothing");
+        assert_eq!(waiter.send(Pending).await.expect("send"), 0);
+    }
+}

@@ -1,0 +1,215 @@
+//! `Scaler`: counts `db/read` requests and, every interval (2 minutes by
+//! default) from the first one, asks the supervisor for
+//! `max(1, ceil(reads / reads_per_slave))` slaves and resets the count.
+//! Only reads are counted (the HTTP layer sends [`ReadReceived`] for `db/read`
+//! alone: writes, crash calls and worker listings never reach it).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::Serialize;
+use tracing::info;
+
+use super::supervisor::SetSlaves;
+
+/// One `db/read` request arrived.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ReadReceived;
+
+/// End of an interval: decide and reset. Sent by the actor's own timer (tests
+/// send it directly).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Tick;
+
+#[derive(Message)]
+#[rtype(result = "ScalerStatus")]
+pub struct GetScalerStatus;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Decision {
+    pub at_ms: i64,
+    pub reads: u64,
+    pub slaves: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScalerStatus {
+    pub interval_secs: u64,
+    pub reads_per_slave: u64,
+    /// Reads counted in the current interval.
+    pub reads: u64,
+    /// False until the first read starts the timer.
+    pub timer_started: bool,
+    pub next_tick_in_ms: Option<u64>,
+    pub decisions: Vec<Decision>,
+}
+
+/// The spec's rule: 0–20 reads → 1 slave, 21–40 → 2, and so on.
+pub fn slaves_for(reads: u64, reads_per_slave: u64) -> usize {
+    let per = reads_per_slave.max(1);
+    reads.div_ceil(per).max(1) as usize
+}
+
+pub struct Scaler {
+    interval: Duration,
+    reads_per_slave: u64,
+    reads: u64,
+    next_tick: Option<std::time::Instant>,
+    decisions: VecDeque<Decision>,
+    supervisor: Recipient<SetSlaves>,
+}
+
+impl Scaler {
+    pub fn new(interval: Duration, reads_per_slave: u64, supervisor: Recipient<SetSlaves>) -> Self {
+        Scaler {
+            interval,
+            reads_per_slave,
+            reads: 0,
+            next_tick: None,
+            decisions: VecDeque::new(),
+            supervisor,
+        }
+    }
+}
+
+impl Actor for Scaler {
+    type Context = Context<Self>;
+}
+
+impl Handler<ReadReceived> for Scaler {
+    type Result = ();
+    fn handle(&mut self, _: ReadReceived, ctx: &mut Context<Self>) {
+        self.reads += 1;
+        if self.next_tick.is_none() {
+            info!(interval = ?self.interval, "first read: scaling timer started");
+            self.next_tick = Some(std::time::Instant::now() + self.interval);
+            ctx.run_interval(self.interval, |act, ctx| {
+                act.next_tick = Some(std::time::Instant::now() + act.interval);
+                ctx.notify(Tick);
+            });
+        }
+    }
+}
+
+impl Handler<Tick> for Scaler {
+    type Result = ();
+    fn handle(&mut self, _: Tick, _: &mut Context<Self>) {
+        let slaves = slaves_for(self.reads, self.reads_per_slave);
+        info!(reads = self.reads, slaves, "scaling decision");
+        self.decisions.push_back(Decision {
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            reads: self.reads,
+            slaves,
+        });
+        while self.decisions.len() > 50 {
+            self.decisions.pop_front();
+        }
+        self.reads = 0;
+        self.supervisor.do_send(SetSlaves(slaves));
+    }
+}
+
+impl Handler<GetScalerStatus> for Scaler {
+    type Result = MessageResult<GetScalerStatus>;
+    fn handle(&mut self, _: GetScalerStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(ScalerStatus {
+            interval_secs: self.interval.as_secs(),
+            reads_per_slave: self.reads_per_slave,
+            reads: self.reads,
+            timer_started: self.next_tick.is_some(),
+            next_tick_in_ms: self.next_tick.map(|t| {
+                t.saturating_duration_since(std::time::Instant::now())
+                    .as_millis() as u64
+            }),
+            decisions: self.decisions.iter().cloned().collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn the_spec_boundaries() {
+        for (reads, slaves) in [
+            (0, 1),
+            (1, 1),
+            (20, 1),
+            (21, 2),
+            (40, 2),
+            (41, 3),
+            (60, 3),
+            (61, 4),
+            (1000, 50),
+        ] {
+            assert_eq!(slaves_for(reads, 20), slaves, "{reads} reads");
+        }
+    }
+
+    /// Records what the scaler asks of the supervisor.
+    #[derive(Default)]
+    struct Sink(Arc<Mutex<Vec<usize>>>);
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+    impl Handler<SetSlaves> for Sink {
+        type Result = ();
+        fn handle(&mut self, SetSlaves(n): SetSlaves, _: &mut Context<Self>) {
+            if let Ok(mut v) = self.0.lock() {
+                v.push(n);
+            }
+        }
+    }
+
+    fn scaler(interval: Duration) -> (Addr<Scaler>, Arc<Mutex<Vec<usize>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Sink(seen.clone()).start();
+        (Scaler::new(interval, 20, sink.recipient()).start(), seen)
+    }
+
+    fn seen(v: &Arc<Mutex<Vec<usize>>>) -> Vec<usize> {
+        v.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    #[actix_rt::test]
+    async fn decides_from_the_count_and_resets_it() {
+        let (s, asked) = scaler(Duration::from_secs(3600));
+        for _ in 0..45 {
+            s.send(ReadReceived).await.expect("send");
+        }
+        s.send(Tick).await.expect("send");
+        s.send(Tick).await.expect("send");
+        let status = s.send(GetScalerStatus).await.expect("send");
+        assert_eq!(status.reads, 0);
+        assert_eq!(
+            seen(&asked),
+            vec![3, 1],
+            "45 reads → 3 slaves, then an idle interval → 1"
+        );
+        assert_eq!(
+            status.decisions.iter().map(|d| d.reads).collect::<Vec<_>>(),
+            vec![45, 0]
+        );
+    }
+
+    #[actix_rt::test]
+    async fn the_timer_starts_with_the_first_read() {
+        let (s, asked) = scaler(Duration::from_millis(50));
+        let before = s.send(GetScalerStatus).await.expect("send");
+        assert!(!before.timer_started);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(seen(&asked).is_empty(), "no decision before the first read");
+        s.send(ReadReceived).await.expect("send");
+        assert!(s.send(GetScalerStatus).await.expect("send").timer_started);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while seen(&asked).is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen(&asked).first(), Some(&1));
+    }
+}

@@ -1,0 +1,529 @@
+//! `ContainerSupervisor`: keeps one master and the desired number of slaves
+//! running through a [`WorkerRuntime`]. It reconciles whenever the membership
+//! (from `Election`) or the desired count (from `Scaler`) changes, or a worker
+//! exits: too few workers → start more (a dead one is so replaced); too many →
+//! gracefully stop the highest-pid slaves (a stop on purpose is not a crash, so
+//! nothing replaces it). It also carries out the crash API.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use super::election::{ForgetWorker, Membership};
+use crate::runtime::WorkerRuntime;
+
+/// Which worker the crash API kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Master,
+    /// The slave with the highest pid.
+    Slave,
+}
+
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Result<u32, CrashError>")]
+pub struct Crash(pub Target);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CrashError {
+    #[error("there is no {0} to crash")]
+    NoTarget(&'static str),
+    #[error("killing worker {pid} failed: {reason}")]
+    Runtime { pid: u32, reason: String },
+}
+
+/// The number of slaves to keep (the master is not counted).
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct SetSlaves(pub usize);
+
+/// A worker process/container exited (from the runtime).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct WorkerExited(pub u32);
+
+/// Stop every worker this supervisor runs (orchestrator shutdown, process runtime).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopAll;
+
+#[derive(Message)]
+#[rtype(result = "SupervisorStatus")]
+pub struct GetSupervisorStatus;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SupervisorStatus {
+    pub runtime: &'static str,
+    pub desired_slaves: usize,
+    pub starting: Vec<u32>,
+    pub stopping: Vec<u32>,
+    pub events: Vec<SupervisorEvent>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SupervisorEvent {
+    pub at_ms: i64,
+    pub what: String,
+}
+
+const START_PATIENCE: Duration = Duration::from_secs(60);
+const EVENTS_KEPT: usize = 50;
+
+pub struct ContainerSupervisor {
+    runtime: Arc<dyn WorkerRuntime>,
+    election: Option<Recipient<ForgetWorker>>,
+    /// Removes a dead worker's znodes (set in production; None in unit tests).
+    forget_znodes: Option<Arc<dyn Fn(u32) + Send + Sync>>,
+    desired_slaves: usize,
+    view: Membership,
+    starts_in_flight: usize,
+    /// Started, not registered in ZooKeeper yet.
+    starting: HashMap<u32, Instant>,
+    /// Being stopped on purpose (scale-in).
+    stopping: BTreeSet<u32>,
+    /// Known dead but maybe still listed by ZooKeeper.
+    dead: BTreeSet<u32>,
+    events: VecDeque<SupervisorEvent>,
+}
+
+impl ContainerSupervisor {
+    pub fn new(runtime: Arc<dyn WorkerRuntime>, desired_slaves: usize) -> Self {
+        ContainerSupervisor {
+            runtime,
+            election: None,
+            forget_znodes: None,
+            desired_slaves,
+            view: Membership::default(),
+            starts_in_flight: 0,
+            starting: HashMap::new(),
+            stopping: BTreeSet::new(),
+            dead: BTreeSet::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn with_election(mut self, election: Recipient<ForgetWorker>) -> Self {
+        self.election = Some(election);
+        self
+    }
+
+    pub fn with_znode_cleanup(mut self, f: Arc<dyn Fn(u32) + Send + Sync>) -> Self {
+        self.forget_znodes = Some(f);
+        self
+    }
+
+    fn event(&mut self, what: String) {
+        info!("{what}");
+        self.events.push_back(SupervisorEvent {
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            what,
+        });
+        while self.events.len() > EVENTS_KEPT {
+            self.events.pop_front();
+        }
+    }
+
+    /// Workers that count towards the target: registered or starting, minus the
+    /// dead and those being stopped.
+    fn live(&self) -> BTreeSet<u32> {
+        self.view
+            .pids()
+            .into_iter()
+            .chain(self.starting.keys().copied())
+            .filter(|p| !self.dead.contains(p) && !self.stopping.contains(p))
+            .collect()
+    }
+
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        let have = self.live().len() + self.starts_in_flight;
+        let want = 1 + self.desired_slaves;
+        if have < want {
+            for _ in have..want {
+                self.start_one(ctx);
+            }
+        } else if have > want && self.starts_in_flight == 0 {
+            let master = self.view.master_pid();
+            let mut slaves: Vec<u32> = self
+                .live()
+                .into_iter()
+                .filter(|p| Some(*p) != master && !self.starting.contains_key(p))
+                .collect();
+            slaves.sort_unstable_by(|a, b| b.cmp(a));
+            for pid in slaves.into_iter().take(have - want) {
+                self.stop_one(pid, ctx);
+            }
+        }
+    }
+
+    fn start_one(&mut self, ctx: &mut Context<Self>) {
+        self.starts_in_flight += 1;
+        let runtime = self.runtime.clone();
+        async move { runtime.start().await }
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                act.starts_in_flight -= 1;
+                match res {
+                    Ok(pid) => {
+                        act.starting.insert(pid, Instant::now());
+                        act.event(format!("started worker {pid}"));
+                    }
+                    Err(e) => {
+                        error!(error = %e, "starting a worker failed; retrying shortly");
+                        ctx.run_later(Duration::from_secs(1), |act, ctx| act.reconcile(ctx));
+                    }
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn stop_one(&mut self, pid: u32, ctx: &mut Context<Self>) {
+        self.stopping.insert(pid);
+        self.event(format!("stopping slave {pid} (scale in)"));
+        let runtime = self.runtime.clone();
+        async move { runtime.stop(pid).await }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                if let Err(e) = res {
+                    warn!(pid, error = %e, "stopping worker failed");
+                }
+                act.mark_dead(pid, ctx);
+            })
+            .spawn(ctx);
+    }
+
+    /// Records `pid` as gone: hides it at once and removes its znodes.
+    fn mark_dead(&mut self, pid: u32, ctx: &mut Context<Self>) {
+        let on_purpose = self.stopping.remove(&pid);
+        self.starting.remove(&pid);
+        if !self.dead.insert(pid) {
+            return;
+        }
+        if !on_purpose {
+            self.event(format!("worker {pid} died; replacing it"));
+        }
+        if let Some(e) = &self.election {
+            e.do_send(ForgetWorker(pid));
+        }
+        if let Some(f) = &self.forget_znodes {
+            f(pid);
+        }
+        self.reconcile(ctx);
+    }
+}
+
+impl Actor for ContainerSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
+            let overdue: Vec<u32> = act
+                .starting
+                .iter()
+                .filter(|(_, t)| t.elapsed() > START_PATIENCE)
+                .map(|(p, _)| *p)
+                .collect();
+            for pid in overdue {
+                warn!(pid, "worker never registered; giving up on it");
+                act.starting.remove(&pid);
+                let runtime = act.runtime.clone();
+                actix::spawn(async move {
+                    let _ = runtime.kill(pid).await;
+                });
+            }
+            act.reconcile(ctx);
+        });
+    }
+}
+
+impl Handler<Membership> for ContainerSupervisor {
+    type Result = ();
+    fn handle(&mut self, m: Membership, ctx: &mut Context<Self>) {
+        let listed = m.pids();
+        self.starting.retain(|p, _| !listed.contains(p));
+        self.dead.retain(|p| listed.contains(p));
+        self.view = m;
+        self.reconcile(ctx);
+    }
+}
+
+impl Handler<WorkerExited> for ContainerSupervisor {
+    type Result = ();
+    fn handle(&mut self, WorkerExited(pid): WorkerExited, ctx: &mut Context<Self>) {
+        self.mark_dead(pid, ctx);
+    }
+}
+
+impl Handler<SetSlaves> for ContainerSupervisor {
+    type Result = ();
+    fn handle(&mut self, SetSlaves(n): SetSlaves, ctx: &mut Context<Self>) {
+        if n != self.desired_slaves {
+            self.event(format!("slaves wanted: {} -> {n}", self.desired_slaves));
+            self.desired_slaves = n;
+        }
+        self.reconcile(ctx);
+    }
+}
+
+impl Handler<Crash> for ContainerSupervisor {
+    type Result = ResponseActFuture<Self, Result<u32, CrashError>>;
+
+    fn handle(&mut self, Crash(target): Crash, _: &mut Context<Self>) -> Self::Result {
+        let live = self.live();
+        let pid = match target {
+            Target::Master => self.view.master_pid().filter(|p| live.contains(p)),
+            Target::Slave => self
+                .view
+                .slave_pids()
+                .into_iter()
+                .filter(|p| live.contains(p))
+                .max(),
+        };
+        let Some(pid) = pid else {
+            let what = if target == Target::Master {
+                "master"
+            } else {
+                "slave"
+            };
+            return Box::pin(fut::ready(Err(CrashError::NoTarget(what))));
+        };
+        let runtime = self.runtime.clone();
+        Box::pin(async move { runtime.kill(pid).await }.into_actor(self).map(
+            move |res, act, ctx| match res {
+                Ok(()) => {
+                    act.event(format!("crash API killed {target:?} {pid}"));
+                    act.mark_dead(pid, ctx);
+                    Ok(pid)
+                }
+                Err(e) => Err(CrashError::Runtime {
+                    pid,
+                    reason: e.to_string(),
+                }),
+            },
+        ))
+    }
+}
+
+impl Handler<StopAll> for ContainerSupervisor {
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, _: StopAll, _: &mut Context<Self>) -> Self::Result {
+        self.desired_slaves = 0;
+        let pids: Vec<u32> = self.live().into_iter().collect();
+        self.stopping.extend(pids.iter().copied());
+        let runtime = self.runtime.clone();
+        Box::pin(
+            async move {
+                for pid in pids {
+                    if let Err(e) = runtime.stop(pid).await {
+                        warn!(pid, error = %e, "stopping worker failed");
+                    }
+                }
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<GetSupervisorStatus> for ContainerSupervisor {
+    type Result = MessageResult<GetSupervisorStatus>;
+    fn handle(&mut self, _: GetSupervisorStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(SupervisorStatus {
+            runtime: self.runtime.name(),
+            desired_slaves: self.desired_slaves,
+            starting: self.starting.keys().copied().collect(),
+            stopping: self.stopping.iter().copied().collect(),
+            events: self.events.iter().cloned().collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coord::{MasterInfo, Role, WorkerInfo};
+    use futures_util::future::BoxFuture;
+    use std::sync::Mutex;
+
+    /// A runtime that records what it was asked and hands out pids 100, 101, ...
+    #[derive(Default)]
+    struct Recording {
+        calls: Mutex<Vec<String>>,
+        next: Mutex<u32>,
+    }
+
+    impl Recording {
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+        }
+    }
+
+    impl WorkerRuntime for Recording {
+        fn name(&self) -> &'static str {
+            "recording"
+        }
+        fn start(&self) -> BoxFuture<'_, anyhow::Result<u32>> {
+            Box::pin(async move {
+                let mut n = self.next.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                let pid = 100 + *n;
+                *n += 1;
+                self.calls
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .push(format!("start {pid}"));
+                Ok(pid)
+            })
+        }
+        fn kill(&self, pid: u32) -> BoxFuture<'_, anyhow::Result<()>> {
+            Box::pin(async move {
+                self.calls
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .push(format!("kill {pid}"));
+                Ok(())
+            })
+        }
+        fn stop(&self, pid: u32) -> BoxFuture<'_, anyhow::Result<()>> {
+            Box::pin(async move {
+                self.calls
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .push(format!("stop {pid}"));
+                Ok(())
+            })
+        }
+    }
+
+    fn membership(master: u32, pids: &[u32]) -> Membership {
+        Membership {
+            workers: pids
+                .iter()
+                .map(|&pid| WorkerInfo {
+                    pid,
+                    role: if pid == master {
+                        Role::Master
+                    } else {
+                        Role::Slave
+                    },
+                    seq: 0,
+                    epoch: 1,
+                    started_at_ms: 0,
+                })
+                .collect(),
+            master: Some(MasterInfo {
+                pid: master,
+                epoch: 1,
+            }),
+        }
+    }
+
+    async fn settle(sup: &Addr<ContainerSupervisor>) -> SupervisorStatus {
+        // Two round trips let spawned start/stop futures complete.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+            let _ = sup.send(GetSupervisorStatus).await;
+        }
+        sup.send(GetSupervisorStatus).await.expect("status")
+    }
+
+    #[actix_rt::test]
+    async fn starts_one_master_and_one_slave_and_adopts_registered_workers() {
+        let rt = Arc::new(Recording::default());
+        let sup = ContainerSupervisor::new(rt.clone(), 1).start();
+        sup.send(membership(7, &[7])).await.expect("send");
+        settle(&sup).await;
+        assert_eq!(
+            rt.calls(),
+            vec!["start 100"],
+            "one adopted worker, one started"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn crash_master_kills_the_master_and_a_replacement_starts() {
+        let rt = Arc::new(Recording::default());
+        let sup = ContainerSupervisor::new(rt.clone(), 1).start();
+        sup.send(membership(5, &[5, 9])).await.expect("send");
+        let killed = sup.send(Crash(Target::Master)).await.expect("send");
+        assert_eq!(killed, Ok(5));
+        settle(&sup).await;
+        assert_eq!(rt.calls(), vec!["kill 5", "start 100"]);
+    }
+
+    #[actix_rt::test]
+    async fn crash_slave_kills_the_highest_pid_slave() {
+        let rt = Arc::new(Recording::default());
+        let sup = ContainerSupervisor::new(rt.clone(), 3).start();
+        sup.send(membership(50, &[3, 50, 70, 20]))
+            .await
+            .expect("send");
+        assert_eq!(sup.send(Crash(Target::Slave)).await.expect("send"), Ok(70));
+        settle(&sup).await;
+        assert_eq!(rt.calls(), vec!["kill 70", "start 100"]);
+    }
+
+    #[actix_rt::test]
+    async fn crash_with_nothing_to_kill_is_refused() {
+        let rt = Arc::new(Recording::default());
+        let sup = ContainerSupervisor::new(rt.clone(), 0).start();
+        sup.send(membership(5, &[5])).await.expect("send");
+        let res = sup.send(Crash(Target::Slave)).await.expect("send");
+        assert_eq!(res, Err(CrashError::NoTarget("slave")));
+        assert!(rt.calls().iter().all(|c| !c.starts_with("kill")));
+    }
+
+    #[actix_rt::test]
+    async fn scale_in_stops_highest_slaves_and_does_not_replace_them() {
+        let rt = Arc::new(Recording::default());
+        let sup = ContainerSupervisor::new(rt.clone(), 3).start();
+        sup.send(membership(40, &[10, 20, 30, 40]))
+            .await
+            .expect("send");
+        sup.send(SetSlaves(1)).await.expect("send");
+        settle(&sup).await;
+        let mut calls = rt.calls();
+        calls.sort();
+        assert_eq!(
+            calls,
+            vec!["stop 20", "stop 30"],
+            "master 40 and lowest slave 10 stay"
+        );
+        // The stopped workers leave ZooKeeper; nothing is started for them.
+        sup.send(membership(40, &[10, 40])).await.expect("send");
+        settle(&sup).await;
+        assert!(
+            rt.calls().iter().all(|c| !c.starts_with("start")),
+            "{:?}",
+            rt.calls()
+        );
+    }
+
+    #[actix_rt::test]
+    async fn an_unexpected_exit_is_replaced_once() {
+        let rt = Arc::new(Recording::default());
+        let sup = ContainerSupervisor::new(rt.clone(), 1).start();
+        sup.send(membership(5, &[5, 9])).await.expect("send");
+        sup.send(WorkerExited(9)).await.expect("send");
+        sup.send(WorkerExited(9)).await.expect("send");
+        settle(&sup).await;
+        assert_eq!(rt.calls(), vec!["start 100"]);
+        // ZooKeeper still lists 9 for a while: it is not counted.
+        sup.send(membership(5, &[5, 9])).await.expect("send");
+        settle(&sup).await;
+        assert_eq!(rt.calls(), vec!["start 100"]);
+    }
+
+    #[actix_rt::test]
+    async fn scale_out_starts_the_missing_slaves() {
+        let rt = Arc::new(Recording::default());
+        let sup = ContainerSupervisor::new(rt.clone(), 1).start();
+        sup.send(membership(5, &[5, 9])).await.expect("send");
+        sup.send(SetSlaves(3)).await.expect("send");
+        let status = settle(&sup).await;
+        assert_eq!(rt.calls(), vec!["start 100", "start 101"]);
+        assert_eq!(status.desired_slaves, 3);
+        assert_eq!(status.starting.len(), 2);
+    }
+}

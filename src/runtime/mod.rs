@@ -1,0 +1,26 @@
+//! Where workers run. [`WorkerRuntime`] is what the supervisor needs from a
+//! runtime: start a worker and learn its pid, kill it, stop it gracefully, and
+//! hear when one exits. Two real implementations: [`process`] (local OS
+//! processes, the default) and [`docker`] (containers through the Docker Engine
+//! API, for compose and real hosts).
+
+pub mod process;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+
+/// A worker runtime. Exits of workers it started are reported on the channel
+/// given at construction, as the worker's pid.
+pub trait WorkerRuntime: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Starts one worker and returns its pid (host pid for containers).
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<u32>>;
+    /// Kills the worker at once (SIGKILL) and resolves once it is gone.
+    fn kill(&self, pid: u32) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Asks the worker to stop (SIGTERM: it unregisters and finishes in-flight
+    /// work); kills it if it has not exited within the grace period.
+    fn stop(&self, pid: u32) -> BoxFuture<'_, anyhow::Result<()>>;
+}
+
+/// Sender half of a runtime's exit notifications.
+pub type ExitSender = mpsc::UnboundedSender<u32>;
