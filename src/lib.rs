@@ -9,6 +9,8 @@ pub mod actors;
 pub mod broker;
 pub mod coord;
 pub mod db;
+pub mod http;
+pub mod orchestrator;
 pub mod runtime;
 pub mod telemetry;
 pub mod worker;

@@ -1,8 +1,8 @@
 //! `Election`: the orchestrator's view of ZooKeeper. A watch loop (children of
 //! `/dbaas/workers` and the `/dbaas/master` znode, re-armed after every event, plus
 //! a slow poll for the workers' progress) sends it [`Membership`] snapshots; it
-//! keeps the latest, answers who is master and who the slaves are, and tells the
-//! supervisor whenever the set of workers changes. The election itself happens
+//! keeps the latest and answers who is master and who the slaves are (the same
+//! snapshots go to the supervisor). The election itself happens
 //! among the workers (see [`crate::coord::election`]); this actor observes it.
 
 use std::collections::BTreeSet;
@@ -65,19 +65,17 @@ pub struct GetMembership;
 #[rtype(result = "()")]
 pub struct ForgetWorker(pub u32);
 
+#[derive(Default)]
 pub struct Election {
     view: Membership,
     forgotten: BTreeSet<u32>,
-    on_change: Option<Recipient<Membership>>,
 }
 
 impl Election {
-    /// `on_change` receives every new membership (the supervisor).
-    pub fn new(on_change: Option<Recipient<Membership>>) -> Self {
+    pub fn new() -> Self {
         Election {
             view: Membership::default(),
             forgotten: BTreeSet::new(),
-            on_change,
         }
     }
 
@@ -107,13 +105,7 @@ impl Handler<Membership> for Election {
         if m.pids() != self.view.pids() {
             info!(workers = ?m.pids(), "workers changed");
         }
-        let changed = m != self.view;
         self.view = m;
-        if changed {
-            if let Some(r) = &self.on_change {
-                r.do_send(self.view.clone());
-            }
-        }
     }
 }
 
@@ -140,9 +132,9 @@ pub async fn read_membership(client: &zk::Client) -> Result<Membership, zk::Erro
     })
 }
 
-/// Watches ZooKeeper and sends a [`Membership`] to `to` on every change of the
-/// worker set or the master, and every `poll` for the workers' progress.
-pub async fn watch(client: zk::Client, to: Recipient<Membership>, poll: Duration) {
+/// Watches ZooKeeper and sends a [`Membership`] to each of `to` on every change of
+/// the worker set or the master, and every `poll` for the workers' progress.
+pub async fn watch(client: zk::Client, to: Vec<Recipient<Membership>>, poll: Duration) {
     loop {
         let children = client.get_and_watch_children(WORKERS).await;
         let master = client.check_and_watch_stat(MASTER).await;
@@ -155,7 +147,7 @@ pub async fn watch(client: zk::Client, to: Recipient<Membership>, poll: Duration
             }
         };
         match read_membership(&client).await {
-            Ok(m) => to.do_send(m),
+            Ok(m) => to.iter().for_each(|r| r.do_send(m.clone())),
             Err(e) => warn!(error = %e, "reading membership failed"),
         }
         tokio::select! {
@@ -204,7 +196,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn keeps_the_latest_view_and_hides_forgotten_workers() {
-        let election = Election::new(None).start();
+        let election = Election::new().start();
         election
             .send(membership(10, &[10, 20, 30]))
             .await

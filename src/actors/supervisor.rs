@@ -88,6 +88,8 @@ pub struct ContainerSupervisor {
     /// Known dead but maybe still listed by ZooKeeper.
     dead: BTreeSet<u32>,
     events: VecDeque<SupervisorEvent>,
+    /// No decision before the first membership: registered workers are adopted, not duplicated.
+    seen_membership: bool,
 }
 
 impl ContainerSupervisor {
@@ -103,6 +105,7 @@ impl ContainerSupervisor {
             stopping: BTreeSet::new(),
             dead: BTreeSet::new(),
             events: VecDeque::new(),
+            seen_membership: false,
         }
     }
 
@@ -139,6 +142,9 @@ impl ContainerSupervisor {
     }
 
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        if !self.seen_membership {
+            return;
+        }
         let have = self.live().len() + self.starts_in_flight;
         let want = 1 + self.desired_slaves;
         if have < want {
@@ -246,6 +252,7 @@ impl Handler<Membership> for ContainerSupervisor {
         self.starting.retain(|p, _| !listed.contains(p));
         self.dead.retain(|p| listed.contains(p));
         self.view = m;
+        self.seen_membership = true;
         self.reconcile(ctx);
     }
 }

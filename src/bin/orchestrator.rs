@@ -1,1 +1,73 @@
-fn main() {}
+//! The orchestrator binary: flags and env, logging, then [`dbaas::orchestrator::run`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "DBaaS orchestrator: HTTP API, queues, election watch, worker supervision, autoscaling")]
+struct Args {
+    /// RabbitMQ URL.
+    #[arg(long, env = "DBAAS_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// ZooKeeper hosts (host:port[,host:port...]).
+    #[arg(long, env = "DBAAS_ZK_HOSTS", default_value = "127.0.0.1:2181")]
+    zk_hosts: String,
+    /// ZooKeeper session timeout, for the orchestrator and the workers it starts:
+    /// the bound on detecting a worker killed from outside.
+    #[arg(long, env = "DBAAS_ZK_SESSION_TIMEOUT_MS", default_value_t = 2000)]
+    zk_session_timeout_ms: u64,
+    /// HTTP address (port 80 in containers).
+    #[arg(long, env = "DBAAS_BIND", default_value = "127.0.0.1:8000")]
+    bind: String,
+    /// How long an HTTP request waits for a worker's reply.
+    #[arg(long, env = "DBAAS_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    request_timeout_ms: u64,
+    /// Slaves to keep before the scaler's first decision.
+    #[arg(long, env = "DBAAS_INITIAL_SLAVES", default_value_t = 1)]
+    initial_slaves: usize,
+    /// Autoscaling interval, started by the first db/read.
+    #[arg(long, env = "DBAAS_SCALE_INTERVAL_SECS", default_value_t = 120)]
+    scale_interval_secs: u64,
+    /// Reads per interval that one slave is expected to serve.
+    #[arg(long, env = "DBAAS_READS_PER_SLAVE", default_value_t = 20)]
+    reads_per_slave: u64,
+    /// Worker binary (process runtime); default: `worker` beside this binary.
+    #[arg(long, env = "DBAAS_WORKER_BIN")]
+    worker_bin: Option<PathBuf>,
+    /// Directory for the workers' SQLite files (process runtime).
+    #[arg(long, env = "DBAAS_DATA_DIR", default_value = ".run/workers")]
+    data_dir: PathBuf,
+    /// Directory for the workers' logs (process runtime); stderr if unset.
+    #[arg(long, env = "DBAAS_WORKER_LOG_DIR")]
+    worker_log_dir: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    dbaas::telemetry::init();
+    let a = Args::parse();
+    let worker_bin = match a.worker_bin {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("worker"))
+            .ok_or_else(|| anyhow::anyhow!("cannot locate the worker binary; pass --worker-bin"))?,
+    };
+    let config = dbaas::orchestrator::Config {
+        amqp_url: a.amqp_url,
+        zk_hosts: a.zk_hosts,
+        zk_session_timeout: Duration::from_millis(a.zk_session_timeout_ms),
+        bind: a.bind,
+        request_timeout: Duration::from_millis(a.request_timeout_ms),
+        initial_slaves: a.initial_slaves,
+        scale_interval: Duration::from_secs(a.scale_interval_secs),
+        reads_per_slave: a.reads_per_slave,
+        process: dbaas::orchestrator::ProcessOptions {
+            worker_bin,
+            data_dir: a.data_dir,
+            log_dir: a.worker_log_dir,
+        },
+    };
+    actix_rt::System::new().block_on(dbaas::orchestrator::run(config))
+}

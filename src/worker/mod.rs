@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 use zookeeper_client as zk;
 
-use crate::broker::{self, messages::SyncMessage, SYNC_Q};
+use crate::broker::{self, messages::SyncMessage, MASTER_READ_Q, READ_Q, SYNC_Q};
 use crate::coord::{self, Role};
 use crate::db::Store;
 use replica::Replica;
@@ -117,7 +117,7 @@ async fn serve(
     state: WorkerState,
     config: &Config,
 ) -> anyhow::Result<()> {
-    let reads = reads::start(conn, state.clone(), config.read_wait).await?;
+    let reads = reads::start(conn, READ_Q, state.clone(), config.read_wait).await?;
     let epoch = election::win(zk, &state).await?;
     state.epoch.store(epoch, Ordering::Relaxed);
     state.role.send_replace(Role::Promoting);
@@ -131,6 +131,7 @@ async fn serve(
         seq = state.replica.seq(),
         "now master: serving writeQ"
     );
+    let _strong_reads = reads::start(conn, MASTER_READ_Q, state.clone(), config.read_wait).await?;
     writes::run(conn, state, epoch).await
 }
 

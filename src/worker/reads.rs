@@ -1,6 +1,7 @@
-//! A slave's read service: consumes `readQ` together with the other slaves
-//! (RabbitMQ hands out deliveries round-robin), runs each read on this replica
-//! and answers on the request's `reply_to` queue with its correlation id.
+//! The read service: a slave consumes `readQ` together with the other slaves
+//! (RabbitMQ hands out deliveries round-robin); the master consumes
+//! `readQ.master` (strong reads). Each read runs on this replica and is answered
+//! on the request's `reply_to` queue with its correlation id.
 
 use std::time::Duration;
 
@@ -12,15 +13,16 @@ use tracing::warn;
 
 use super::WorkerState;
 use crate::broker::messages::{ErrorReply, ReadMessage, Reply};
-use crate::broker::{self, READ_Q};
+use crate::broker;
 
 /// Deliveries in flight per slave; also how many reads it runs at once.
 const PREFETCH: u16 = 32;
 
-/// Starts consuming `readQ`; the returned channel is closed to stop (unacked
-/// reads go back to the queue for another slave).
+/// Starts consuming `queue`; the returned channel is closed to stop (unacked
+/// reads go back to the queue for another worker).
 pub async fn start(
     conn: &Connection,
+    queue: &str,
     state: WorkerState,
     read_wait: Duration,
 ) -> lapin::Result<Channel> {
@@ -28,8 +30,8 @@ pub async fn start(
     let replies = conn.create_channel().await?;
     let mut consumer = channel
         .basic_consume(
-            READ_Q.into(),
-            format!("reads-{}", state.pid).into(),
+            queue.into(),
+            format!("{queue}-{}", state.pid).into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )

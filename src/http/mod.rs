@@ -1,0 +1,54 @@
+//! The orchestrator's HTTP API: thin handlers grouped by resource. Every route
+//! answers other methods with a JSON 405, unknown paths with a JSON 404.
+
+pub mod body;
+pub mod db;
+pub mod error;
+pub mod rpc;
+pub mod workers;
+
+use std::time::Duration;
+
+use actix::{Addr, Recipient};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpResponse, Route};
+
+use crate::actors::dispatcher::Publish;
+use crate::actors::election::Election;
+use crate::actors::rpc_waiter::RpcWaiter;
+use crate::actors::scaler::Scaler;
+use crate::actors::supervisor::ContainerSupervisor;
+use error::ApiError;
+
+/// What the handlers reach: the actors, and how long to wait for a worker.
+pub struct AppState {
+    pub dispatcher: Recipient<Publish>,
+    pub waiter: Addr<RpcWaiter>,
+    pub election: Addr<Election>,
+    pub supervisor: Addr<ContainerSupervisor>,
+    pub scaler: Addr<Scaler>,
+    pub timeout: Duration,
+}
+
+/// A resource that serves `method` and answers 405 to everything else.
+fn only(path: &str, method: Route, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).route(method).default_service(web::to(move || async move {
+        HttpResponse::MethodNotAllowed()
+            .insert_header((header::ALLOW, allow))
+            .json(serde_json::json!({ "error": format!("method not allowed; use {allow}") }))
+    }))
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(only("/api/v1/db/read", web::post().to(db::read), "POST"))
+        .service(only("/api/v1/db/write", web::post().to(db::write), "POST"))
+        .service(only("/api/v1/db/clear", web::post().to(db::clear), "POST"))
+        .service(only("/api/v1/crash/master", web::post().to(workers::crash_master), "POST"))
+        .service(only("/api/v1/crash/slave", web::post().to(workers::crash_slave), "POST"))
+        .service(only("/api/v1/worker/list", web::get().to(workers::list), "GET"))
+        .service(only("/api/v1/worker/status", web::get().to(workers::status), "GET"))
+        .service(only("/api/v1/scaler", web::get().to(workers::scaler), "GET"))
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, _>(ApiError::new(StatusCode::NOT_FOUND, "no such route"))
+        }));
+}

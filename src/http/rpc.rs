@@ -1,0 +1,78 @@
+//! One request/reply exchange with the workers: register with the `RpcWaiter`,
+//! publish through the `Dispatcher`, wait (bounded) for the reply.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use tokio::sync::oneshot;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::actors::dispatcher::Publish;
+use crate::actors::rpc_waiter::{Expect, Forget};
+use crate::broker::messages::Reply;
+
+/// Sends `body` to `queue` and waits for the reply. A timeout is a 504 whose
+/// message says whether the request may still be applied (`durable` writes wait
+/// in `writeQ` for a master).
+pub async fn call(state: &AppState, queue: &'static str, body: Vec<u8>, durable: bool) -> Result<Reply, ApiError> {
+    let correlation_id = uuid::Uuid::new_v4().to_string();
+    let (tx, rx) = oneshot::channel();
+    state
+        .waiter
+        .send(Expect {
+            correlation_id: correlation_id.clone(),
+            reply: tx,
+        })
+        .await?;
+    let published = state
+        .dispatcher
+        .send(Publish {
+            queue,
+            correlation_id: correlation_id.clone(),
+            body,
+            durable,
+            expires_after: state.timeout,
+        })
+        .await;
+    let forget = || {
+        state.waiter.do_send(Forget {
+            correlation_id: correlation_id.clone(),
+        })
+    };
+    match published {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            forget();
+            return Err(ApiError::unavailable(e.to_string()));
+        }
+        Err(e) => {
+            forget();
+            return Err(e.into());
+        }
+    }
+    match tokio::time::timeout(state.timeout, rx).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(_)) => Err(ApiError::internal("reply channel closed")),
+        Err(_) => {
+            forget();
+            Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, timeout_message(durable, state.timeout)))
+        }
+    }
+}
+
+fn timeout_message(durable: bool, timeout: Duration) -> String {
+    if durable {
+        format!("no master answered within {timeout:?}; the write is queued in writeQ and will be applied once, when a master takes it")
+    } else {
+        format!("no worker answered within {timeout:?}")
+    }
+}
+
+/// Maps a worker's error reply to the HTTP error it stands for.
+pub fn worker_error(status: u16, error: String) -> ApiError {
+    ApiError::new(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        error,
+    )
+}

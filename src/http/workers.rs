@@ -1,0 +1,90 @@
+//! `POST /api/v1/crash/master`, `POST /api/v1/crash/slave`,
+//! `GET /api/v1/worker/list`, `GET /api/v1/worker/status`, `GET /api/v1/scaler`.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::actors::election::GetMembership;
+use crate::actors::scaler::{GetScalerStatus, ScalerStatus};
+use crate::actors::supervisor::{Crash, CrashError, GetSupervisorStatus, SupervisorStatus, Target};
+use crate::coord::Role;
+
+pub async fn crash_master(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    crash(&state, Target::Master).await
+}
+
+pub async fn crash_slave(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    crash(&state, Target::Slave).await
+}
+
+async fn crash(state: &AppState, target: Target) -> Result<HttpResponse, ApiError> {
+    match state.supervisor.send(Crash(target)).await? {
+        Ok(pid) => Ok(HttpResponse::Ok().json([pid.to_string()])),
+        Err(e @ CrashError::NoTarget(_)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let membership = state.election.send(GetMembership).await?;
+    let pids: Vec<u32> = membership.pids().into_iter().collect();
+    Ok(HttpResponse::Ok().json(pids))
+}
+
+#[derive(Serialize)]
+struct WorkerStatus {
+    pid: u32,
+    role: Role,
+    seq: u64,
+    /// How many writes this worker is behind the master.
+    lag: u64,
+    epoch: u64,
+    age_ms: i64,
+}
+
+#[derive(Serialize)]
+struct Status {
+    master: Option<u32>,
+    epoch: Option<u64>,
+    workers: Vec<WorkerStatus>,
+    supervisor: SupervisorStatus,
+    scaler: ScalerStatus,
+}
+
+pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let membership = state.election.send(GetMembership).await?;
+    let master = membership.master_pid();
+    let master_seq = membership
+        .workers
+        .iter()
+        .map(|w| w.seq)
+        .max()
+        .unwrap_or(0);
+    let now = chrono::Utc::now().timestamp_millis();
+    let workers = membership
+        .workers
+        .iter()
+        .map(|w| WorkerStatus {
+            pid: w.pid,
+            role: if Some(w.pid) == master { Role::Master } else { w.role },
+            seq: w.seq,
+            lag: master_seq.saturating_sub(w.seq),
+            epoch: w.epoch,
+            age_ms: now - w.started_at_ms,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(Status {
+        master,
+        epoch: membership.master.map(|m| m.epoch),
+        workers,
+        supervisor: state.supervisor.send(GetSupervisorStatus).await?,
+        scaler: state.scaler.send(GetScalerStatus).await?,
+    }))
+}
+
+pub async fn scaler(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.scaler.send(GetScalerStatus).await?))
+}

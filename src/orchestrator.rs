@@ -1,0 +1,179 @@
+//! Wiring of the orchestrator process: connects to RabbitMQ and ZooKeeper,
+//! starts the actors, feeds them (replies from `responseQ`, ZooKeeper
+//! membership, worker exits), serves HTTP, and shuts down in order.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpServer};
+use futures_util::StreamExt;
+use lapin::options::BasicConsumeOptions;
+use lapin::types::FieldTable;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::actors::dispatcher::{AmqpPublisher, Dispatcher};
+use crate::actors::election::{self, Election};
+use crate::actors::rpc_waiter::{Delivered, RpcWaiter};
+use crate::actors::scaler::Scaler;
+use crate::actors::supervisor::{ContainerSupervisor, StopAll, WorkerExited};
+use crate::broker::{self, messages::Reply, RESPONSE_Q};
+use crate::coord;
+use crate::http::{self, AppState};
+use crate::runtime::process::{ProcessConfig, ProcessRuntime};
+use crate::runtime::WorkerRuntime;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub amqp_url: String,
+    pub zk_hosts: String,
+    pub zk_session_timeout: Duration,
+    pub bind: String,
+    pub request_timeout: Duration,
+    pub initial_slaves: usize,
+    pub scale_interval: Duration,
+    pub reads_per_slave: u64,
+    pub process: ProcessOptions,
+}
+
+/// Settings of the process runtime.
+#[derive(Debug, Clone)]
+pub struct ProcessOptions {
+    pub worker_bin: PathBuf,
+    pub data_dir: PathBuf,
+    pub log_dir: Option<PathBuf>,
+}
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let conn = broker::connect(&config.amqp_url, "orchestrator", PATIENCE).await?;
+    broker::declare_topology(&conn.create_channel().await?).await?;
+    let zk = coord::connect(&config.zk_hosts, config.zk_session_timeout, PATIENCE).await?;
+
+    let waiter = RpcWaiter::default().start();
+    let dispatcher = Dispatcher::new(AmqpPublisher {
+        reads: conn.create_channel().await?,
+        writes: broker::confirmed_channel(&conn).await?,
+    })
+    .start();
+    let election = Election::new().start();
+
+    let (exits_tx, mut exits) = mpsc::unbounded_channel();
+    let runtime: Arc<dyn WorkerRuntime> = Arc::new(ProcessRuntime::new(
+        ProcessConfig {
+            worker_bin: config.process.worker_bin.clone(),
+            env: worker_env(&config),
+            log_dir: config.process.log_dir.clone(),
+            stop_grace: Duration::from_secs(10),
+        },
+        exits_tx,
+    ));
+    let zk_for_cleanup = zk.clone();
+    let supervisor = ContainerSupervisor::new(runtime, config.initial_slaves)
+        .with_election(election.clone().recipient())
+        .with_znode_cleanup(Arc::new(move |pid| {
+            let zk = zk_for_cleanup.clone();
+            actix::spawn(async move {
+                if let Err(e) = coord::forget_dead_worker(&zk, pid).await {
+                    warn!(pid, error = %e, "could not remove a dead worker's znodes");
+                }
+            });
+        }))
+        .start();
+    let scaler = Scaler::new(config.scale_interval, config.reads_per_slave, supervisor.clone().recipient()).start();
+
+    let sup = supervisor.clone();
+    actix::spawn(async move {
+        while let Some(pid) = exits.recv().await {
+            sup.do_send(WorkerExited(pid));
+        }
+    });
+    actix::spawn(election::watch(
+        zk.clone(),
+        vec![election.clone().recipient(), supervisor.clone().recipient()],
+        Duration::from_millis(500),
+    ));
+    consume_replies(&conn, waiter.clone()).await?;
+
+    let state = web::Data::new(AppState {
+        dispatcher: dispatcher.recipient(),
+        waiter,
+        election,
+        supervisor: supervisor.clone(),
+        scaler,
+        timeout: config.request_timeout,
+    });
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
+        .disable_signals()
+        .shutdown_timeout(10)
+        .bind(&config.bind)?
+        .run();
+    let handle = server.handle();
+    info!(bind = %config.bind, "orchestrator serving HTTP");
+    let served = actix::spawn(server);
+
+    crate::worker::shutdown_signal().await;
+    info!("shutting down: HTTP first, then workers");
+    handle.stop(true).await;
+    let _ = served.await;
+    let _ = supervisor.send(StopAll).await;
+    let _ = conn.close(200, "orchestrator stopping".into()).await;
+    Ok(())
+}
+
+fn worker_env(config: &Config) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("DBAAS_AMQP_URL".to_string(), config.amqp_url.clone()),
+        ("DBAAS_ZK_HOSTS".to_string(), config.zk_hosts.clone()),
+        (
+            "DBAAS_ZK_SESSION_TIMEOUT_MS".to_string(),
+            config.zk_session_timeout.as_millis().to_string(),
+        ),
+        (
+            "DBAAS_DATA_DIR".to_string(),
+            config.process.data_dir.display().to_string(),
+        ),
+    ];
+    for passthrough in ["RUST_LOG", "DBAAS_LOG_FORMAT"] {
+        if let Ok(v) = std::env::var(passthrough) {
+            env.push((passthrough.to_string(), v));
+        }
+    }
+    env
+}
+
+/// Feeds every reply on `responseQ` to the `RpcWaiter`.
+async fn consume_replies(conn: &lapin::Connection, waiter: Addr<RpcWaiter>) -> anyhow::Result<()> {
+    let channel = conn.create_channel().await?;
+    let mut consumer = channel
+        .basic_consume(
+            RESPONSE_Q.into(),
+            "orchestrator-replies".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    actix::spawn(async move {
+        while let Some(delivery) = consumer.next().await {
+            let Ok(delivery) = delivery else { break };
+            let Some(id) = delivery.properties.correlation_id().as_ref() else {
+                continue;
+            };
+            match serde_json::from_slice::<Reply>(&delivery.data) {
+                Ok(reply) => waiter.do_send(Delivered {
+                    correlation_id: id.to_string(),
+                    reply,
+                }),
+                Err(e) => warn!(error = %e, "unreadable reply on responseQ"),
+            }
+        }
+        warn!("responseQ consumer ended");
+    });
+    Ok(())
+}
