@@ -1,1 +1,6 @@
+//! Integration tests against real RabbitMQ and ZooKeeper (started by
+//! `scripts/test`), each in its own vhost and ZooKeeper chroot.
 
+mod common;
+mod data_path;
+mod docs;

@@ -83,7 +83,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             });
         }))
         .start();
-    let scaler = Scaler::new(config.scale_interval, config.reads_per_slave, supervisor.clone().recipient()).start();
+    let scaler = Scaler::new(
+        config.scale_interval,
+        config.reads_per_slave,
+        supervisor.clone().recipient(),
+    )
+    .start();
 
     let sup = supervisor.clone();
     actix::spawn(async move {
@@ -106,11 +111,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         scaler,
         timeout: config.request_timeout,
     });
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
-        .disable_signals()
-        .shutdown_timeout(10)
-        .bind(&config.bind)?
-        .run();
+    let server =
+        HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
+            .disable_signals()
+            .shutdown_timeout(10)
+            .bind(&config.bind)?
+            .run();
     let handle = server.handle();
     info!(bind = %config.bind, "orchestrator serving HTTP");
     let served = actix::spawn(server);

@@ -39,7 +39,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 start_rabbitmq() {
   apt_install rabbitmq-server
   local dir=$RUN_DIR/rabbitmq
-  if port_open "$AMQP_PORT"; then log "RabbitMQ already listening on $AMQP_PORT"; return 0; fi
+  if port_open "$AMQP_PORT"; then log "RabbitMQ already listening on $AMQP_PORT"; write_rabbitmqctl; return 0; fi
   mkdir -p "$dir/mnesia" "$dir/log"
   : > "$dir/enabled_plugins"
   echo "[]." > "$dir/enabled_plugins"
@@ -56,6 +56,19 @@ CONF
     setsid /usr/lib/rabbitmq/bin/rabbitmq-server > "$dir/stdout.log" 2>&1 &
   echo $! > "$dir/launcher.pid"
   wait_for "RabbitMQ" 90 port_open "$AMQP_PORT" || { tail -20 "$dir/stdout.log" >&2; return 1; }
+  write_rabbitmqctl
+}
+
+# A rabbitmqctl bound to our node (its cookie lives in our private HOME); the
+# integration tests use it to give each test its own vhost.
+write_rabbitmqctl() {
+  local dir=$RUN_DIR/rabbitmq
+  cat > "$RUN_DIR/rabbitmqctl" <<SH
+#!/bin/sh
+HOME=$dir exec /usr/lib/rabbitmq/bin/rabbitmqctl -n dbaas-${AMQP_PORT}@localhost "\$@"
+SH
+  chmod +x "$RUN_DIR/rabbitmqctl"
+  export DBAAS_TEST_RABBITMQCTL=$RUN_DIR/rabbitmqctl
 }
 
 start_zookeeper() {

@@ -90,6 +90,8 @@ pub struct ContainerSupervisor {
     events: VecDeque<SupervisorEvent>,
     /// No decision before the first membership: registered workers are adopted, not duplicated.
     seen_membership: bool,
+    /// Set by [`StopAll`]: nothing is started any more.
+    shutting_down: bool,
 }
 
 impl ContainerSupervisor {
@@ -106,6 +108,7 @@ impl ContainerSupervisor {
             dead: BTreeSet::new(),
             events: VecDeque::new(),
             seen_membership: false,
+            shutting_down: false,
         }
     }
 
@@ -142,7 +145,7 @@ impl ContainerSupervisor {
     }
 
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
-        if !self.seen_membership {
+        if !self.seen_membership || self.shutting_down {
             return;
         }
         let have = self.live().len() + self.starts_in_flight;
@@ -317,7 +320,7 @@ impl Handler<Crash> for ContainerSupervisor {
 impl Handler<StopAll> for ContainerSupervisor {
     type Result = ResponseActFuture<Self, ()>;
     fn handle(&mut self, _: StopAll, _: &mut Context<Self>) -> Self::Result {
-        self.desired_slaves = 0;
+        self.shutting_down = true;
         let pids: Vec<u32> = self.live().into_iter().collect();
         self.stopping.extend(pids.iter().copied());
         let runtime = self.runtime.clone();
@@ -520,6 +523,19 @@ mod tests {
         sup.send(membership(5, &[5, 9])).await.expect("send");
         settle(&sup).await;
         assert_eq!(rt.calls(), vec!["start 100"]);
+    }
+
+    #[actix_rt::test]
+    async fn stop_all_stops_everything_and_starts_nothing_after() {
+        let rt = Arc::new(Recording::default());
+        let sup = ContainerSupervisor::new(rt.clone(), 1).start();
+        sup.send(membership(5, &[5, 9])).await.expect("send");
+        sup.send(StopAll).await.expect("send");
+        sup.send(WorkerExited(5)).await.expect("send");
+        sup.send(WorkerExited(9)).await.expect("send");
+        sup.send(membership(5, &[])).await.expect("send");
+        settle(&sup).await;
+        assert_eq!(rt.calls(), vec!["stop 5", "stop 9"]);
     }
 
     #[actix_rt::test]

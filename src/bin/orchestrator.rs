@@ -6,10 +6,17 @@ use std::time::Duration;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "DBaaS orchestrator: HTTP API, queues, election watch, worker supervision, autoscaling")]
+#[command(
+    version,
+    about = "DBaaS orchestrator: HTTP API, queues, election watch, worker supervision, autoscaling"
+)]
 struct Args {
     /// RabbitMQ URL.
-    #[arg(long, env = "DBAAS_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "DBAAS_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     amqp_url: String,
     /// ZooKeeper hosts (host:port[,host:port...]).
     #[arg(long, env = "DBAAS_ZK_HOSTS", default_value = "127.0.0.1:2181")]

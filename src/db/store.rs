@@ -55,6 +55,9 @@ pub struct ReadOutcome {
     pub rows: Vec<Map<String, Json>>,
     /// The replica's applied sequence number when it answered.
     pub seq: u64,
+    /// The pid of the worker that answered (set by the worker).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub worker: Option<u32>,
 }
 
 /// One committed write as it travels on `syncQ`.
@@ -148,6 +151,7 @@ impl Store {
         Ok(ReadOutcome {
             rows: out,
             seq: self.seq,
+            worker: None,
         })
     }
 

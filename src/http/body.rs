@@ -11,7 +11,12 @@ use super::error::ApiError;
 pub const MAX_BODY: usize = 1 << 20;
 
 pub async fn read(req: &HttpRequest, mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
-    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {MAX_BODY} bytes"));
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {MAX_BODY} bytes"),
+        )
+    };
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)

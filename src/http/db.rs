@@ -16,22 +16,31 @@ use crate::db::{Consistency, ReadRequest, WriteRequest};
 /// Header a client may set so a retried write is applied once.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
-pub async fn read(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn read(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     state.scaler.do_send(ReadReceived);
     let body = body::read(&req, payload).await?;
     let request: ReadRequest = parse(&body)?;
     let membership = state.election.send(GetMembership).await?;
     let queue = match request.consistency {
         Consistency::Eventual if membership.serving_slaves() == 0 => {
-            return Err(ApiError::unavailable("no slave is available to serve reads"))
+            return Err(ApiError::unavailable(
+                "no slave is available to serve reads",
+            ))
         }
         Consistency::Strong if membership.master_pid().is_none() => {
-            return Err(ApiError::unavailable("no master is available for a strong read"))
+            return Err(ApiError::unavailable(
+                "no master is available for a strong read",
+            ))
         }
         Consistency::Eventual => READ_Q,
         Consistency::Strong => MASTER_READ_Q,
     };
-    let message = serde_json::to_vec(&ReadMessage { request }).map_err(|e| ApiError::internal(e.to_string()))?;
+    let message = serde_json::to_vec(&ReadMessage { request })
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     match rpc::call(&state, queue, message, false).await? {
         Reply::Read(outcome) => Ok(HttpResponse::Ok().json(outcome)),
         Reply::Error(e) => Err(rpc::worker_error(e.status, e.error)),
@@ -39,7 +48,11 @@ pub async fn read(state: web::Data<AppState>, req: HttpRequest, payload: web::Pa
     }
 }
 
-pub async fn write(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn write(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let body = body::read(&req, payload).await?;
     let request: WriteRequest = parse(&body)?;
     let outcome = submit_write(&state, &req, request).await?;
@@ -63,14 +76,16 @@ async fn submit_write(
                 .to_str()
                 .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
             if key.is_empty() || key.len() > 200 {
-                return Err(ApiError::bad_request("Idempotency-Key must be 1 to 200 characters"));
+                return Err(ApiError::bad_request(
+                    "Idempotency-Key must be 1 to 200 characters",
+                ));
             }
             format!("key:{key}")
         }
         None => uuid::Uuid::new_v4().to_string(),
     };
-    let message =
-        serde_json::to_vec(&WriteMessage { write_id, request }).map_err(|e| ApiError::internal(e.to_string()))?;
+    let message = serde_json::to_vec(&WriteMessage { write_id, request })
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     match rpc::call(state, WRITE_Q, message, true).await? {
         Reply::Write(outcome) => Ok(outcome),
         Reply::Error(e) => Err(rpc::worker_error(e.status, e.error)),

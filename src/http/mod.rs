@@ -32,22 +32,44 @@ pub struct AppState {
 
 /// A resource that serves `method` and answers 405 to everything else.
 fn only(path: &str, method: Route, allow: &'static str) -> actix_web::Resource {
-    web::resource(path).route(method).default_service(web::to(move || async move {
-        HttpResponse::MethodNotAllowed()
-            .insert_header((header::ALLOW, allow))
-            .json(serde_json::json!({ "error": format!("method not allowed; use {allow}") }))
-    }))
+    web::resource(path)
+        .route(method)
+        .default_service(web::to(move || async move {
+            HttpResponse::MethodNotAllowed()
+                .insert_header((header::ALLOW, allow))
+                .json(serde_json::json!({ "error": format!("method not allowed; use {allow}") }))
+        }))
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(only("/api/v1/db/read", web::post().to(db::read), "POST"))
         .service(only("/api/v1/db/write", web::post().to(db::write), "POST"))
         .service(only("/api/v1/db/clear", web::post().to(db::clear), "POST"))
-        .service(only("/api/v1/crash/master", web::post().to(workers::crash_master), "POST"))
-        .service(only("/api/v1/crash/slave", web::post().to(workers::crash_slave), "POST"))
-        .service(only("/api/v1/worker/list", web::get().to(workers::list), "GET"))
-        .service(only("/api/v1/worker/status", web::get().to(workers::status), "GET"))
-        .service(only("/api/v1/scaler", web::get().to(workers::scaler), "GET"))
+        .service(only(
+            "/api/v1/crash/master",
+            web::post().to(workers::crash_master),
+            "POST",
+        ))
+        .service(only(
+            "/api/v1/crash/slave",
+            web::post().to(workers::crash_slave),
+            "POST",
+        ))
+        .service(only(
+            "/api/v1/worker/list",
+            web::get().to(workers::list),
+            "GET",
+        ))
+        .service(only(
+            "/api/v1/worker/status",
+            web::get().to(workers::status),
+            "GET",
+        ))
+        .service(only(
+            "/api/v1/scaler",
+            web::get().to(workers::scaler),
+            "GET",
+        ))
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::new(StatusCode::NOT_FOUND, "no such route"))
         }));

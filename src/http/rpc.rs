@@ -15,7 +15,12 @@ use crate::broker::messages::Reply;
 /// Sends `body` to `queue` and waits for the reply. A timeout is a 504 whose
 /// message says whether the request may still be applied (`durable` writes wait
 /// in `writeQ` for a master).
-pub async fn call(state: &AppState, queue: &'static str, body: Vec<u8>, durable: bool) -> Result<Reply, ApiError> {
+pub async fn call(
+    state: &AppState,
+    queue: &'static str,
+    body: Vec<u8>,
+    durable: bool,
+) -> Result<Reply, ApiError> {
     let correlation_id = uuid::Uuid::new_v4().to_string();
     let (tx, rx) = oneshot::channel();
     state
@@ -56,7 +61,10 @@ pub async fn call(state: &AppState, queue: &'static str, body: Vec<u8>, durable:
         Ok(Err(_)) => Err(ApiError::internal("reply channel closed")),
         Err(_) => {
             forget();
-            Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, timeout_message(durable, state.timeout)))
+            Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                timeout_message(durable, state.timeout),
+            ))
         }
     }
 }

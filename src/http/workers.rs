@@ -57,19 +57,18 @@ struct Status {
 pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let membership = state.election.send(GetMembership).await?;
     let master = membership.master_pid();
-    let master_seq = membership
-        .workers
-        .iter()
-        .map(|w| w.seq)
-        .max()
-        .unwrap_or(0);
+    let master_seq = membership.workers.iter().map(|w| w.seq).max().unwrap_or(0);
     let now = chrono::Utc::now().timestamp_millis();
     let workers = membership
         .workers
         .iter()
         .map(|w| WorkerStatus {
             pid: w.pid,
-            role: if Some(w.pid) == master { Role::Master } else { w.role },
+            role: if Some(w.pid) == master {
+                Role::Master
+            } else {
+                w.role
+            },
             seq: w.seq,
             lag: master_seq.saturating_sub(w.seq),
             epoch: w.epoch,

@@ -12,8 +12,8 @@ use lapin::{Channel, Connection};
 use tracing::warn;
 
 use super::WorkerState;
-use crate::broker::messages::{ErrorReply, ReadMessage, Reply};
 use crate::broker;
+use crate::broker::messages::{ErrorReply, ReadMessage, Reply};
 
 /// Deliveries in flight per slave; also how many reads it runs at once.
 const PREFETCH: u16 = 32;
@@ -72,5 +72,9 @@ async fn answer(state: &WorkerState, body: &[u8], read_wait: Duration) -> Reply 
             });
         }
     }
-    Reply::from_read(state.replica.read(message.request).await)
+    let outcome = state.replica.read(message.request).await.map(|mut o| {
+        o.worker = Some(state.pid);
+        o
+    });
+    Reply::from_read(outcome)
 }

@@ -1,0 +1,374 @@
+//! The integration harness: every test gets its own RabbitMQ vhost and its own
+//! ZooKeeper chroot on the brokers `scripts/test` started, so tests never see
+//! each other's queues or znodes, and a real orchestrator process (process
+//! runtime, real workers) on a free port. Waiting is always on a condition.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Where `scripts/test` put the brokers.
+pub struct Brokers {
+    pub amqp: String,
+    pub zk: String,
+    pub rabbitmqctl: PathBuf,
+}
+
+pub fn brokers() -> Brokers {
+    let var = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| {
+            panic!("{k} is not set: run the integration tests through scripts/test")
+        })
+    };
+    Brokers {
+        amqp: var("DBAAS_TEST_AMQP"),
+        zk: var("DBAAS_TEST_ZK"),
+        rabbitmqctl: PathBuf::from(var("DBAAS_TEST_RABBITMQCTL")),
+    }
+}
+
+/// A private vhost and ZooKeeper chroot.
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    pub name: String,
+    pub amqp_url: String,
+    pub zk_hosts: String,
+}
+
+fn ctl(b: &Brokers, args: &[&str]) {
+    let out = Command::new(&b.rabbitmqctl)
+        .args(args)
+        .output()
+        .expect("run rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub async fn namespace(test: &str) -> Namespace {
+    let b = brokers();
+    let name = format!("{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    ctl(&b, &["add_vhost", &name]);
+    ctl(
+        &b,
+        &["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"],
+    );
+    let zk = zookeeper_client::Client::connect(&b.zk)
+        .await
+        .expect("connect ZooKeeper");
+    zk.create(
+        &format!("/{name}"),
+        b"",
+        &zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all()),
+    )
+    .await
+    .expect("create chroot");
+    Namespace {
+        amqp_url: format!("{}/{name}", b.amqp),
+        zk_hosts: format!("{}/{name}", b.zk),
+        name,
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// An orchestrator process and the workers it runs; stopped (workers too) on drop.
+pub struct Orchestrator {
+    child: Child,
+    pub url: String,
+    pub ns: Namespace,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+pub struct Options {
+    pub slaves: usize,
+    pub request_timeout_ms: u64,
+    pub scale_interval_secs: u64,
+    pub worker_bin: Option<PathBuf>,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            slaves: 1,
+            request_timeout_ms: 5000,
+            scale_interval_secs: 3600,
+            worker_bin: None,
+            extra_env: Vec::new(),
+        }
+    }
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "orchestrator" => PathBuf::from(env!("CARGO_BIN_EXE_orchestrator")),
+        "worker" => PathBuf::from(env!("CARGO_BIN_EXE_worker")),
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+impl Orchestrator {
+    /// Starts an orchestrator and waits until its master and slaves serve.
+    pub async fn start(test: &str, opts: Options) -> Orchestrator {
+        let o = Self::spawn(test, &opts).await;
+        o.wait_for_workers(opts.slaves).await;
+        o
+    }
+
+    /// Starts an orchestrator without waiting for workers.
+    pub async fn spawn(test: &str, opts: &Options) -> Orchestrator {
+        let ns = namespace(test).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("orchestrator.log")).expect("log file");
+        let child = Command::new(bin("orchestrator"))
+            .env("DBAAS_AMQP_URL", &ns.amqp_url)
+            .env("DBAAS_ZK_HOSTS", &ns.zk_hosts)
+            .env("DBAAS_BIND", format!("127.0.0.1:{port}"))
+            .env(
+                "DBAAS_REQUEST_TIMEOUT_MS",
+                opts.request_timeout_ms.to_string(),
+            )
+            .env("DBAAS_INITIAL_SLAVES", opts.slaves.to_string())
+            .env(
+                "DBAAS_SCALE_INTERVAL_SECS",
+                opts.scale_interval_secs.to_string(),
+            )
+            .env(
+                "DBAAS_WORKER_BIN",
+                opts.worker_bin.clone().unwrap_or_else(|| bin("worker")),
+            )
+            .env("DBAAS_DATA_DIR", dir.path().join("data"))
+            .env("DBAAS_WORKER_LOG_DIR", dir.path().join("logs"))
+            .env("RUST_LOG", "info,lapin=warn")
+            .envs(opts.extra_env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start orchestrator");
+        let o = Orchestrator {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            ns,
+            dir,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+        };
+        let http = o.http.clone();
+        let url = o.url("/api/v1/worker/list");
+        let up = wait_until("orchestrator HTTP", Duration::from_secs(60), || {
+            let http = http.clone();
+            let url = url.clone();
+            async move { http.get(&url).send().await.ok().map(|_| ()) }
+        })
+        .await;
+        assert!(up.is_some(), "orchestrator never served HTTP:\n{}", o.log());
+        o
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("orchestrator.log")).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Waits until there is exactly one master and `slaves` serving slaves.
+    pub async fn wait_for_workers(&self, slaves: usize) -> Value {
+        let found = wait_until(
+            &format!("master and {slaves} slave(s)"),
+            Duration::from_secs(60),
+            || async {
+                let s = self.status().await;
+                let workers = s["workers"].as_array()?;
+                let masters = workers.iter().filter(|w| w["role"] == "master").count();
+                let serving = workers.iter().filter(|w| w["role"] == "slave").count();
+                (s["master"].is_u64()
+                    && masters == 1
+                    && serving == slaves
+                    && workers.len() == slaves + 1)
+                    .then_some(s)
+            },
+        )
+        .await;
+        match found {
+            Some(s) => s,
+            None => panic!("workers never settled: {}", self.status().await),
+        }
+    }
+
+    pub async fn status(&self) -> Value {
+        self.get_json("/api/v1/worker/status").await.1
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn write(&self, body: Value) -> (u16, Value) {
+        self.post_json("/api/v1/db/write", &body).await
+    }
+
+    pub async fn read(&self, body: Value) -> (u16, Value) {
+        self.post_json("/api/v1/db/read", &body).await
+    }
+
+    pub async fn insert_user(&self, name: &str) -> Value {
+        let (status, body) = self
+            .write(json!({"table": "users", "insert": {"username": name, "password": "p"}}))
+            .await;
+        assert_eq!(status, 200, "insert {name}: {body}");
+        body
+    }
+
+    pub async fn pids(&self) -> Vec<u64> {
+        let (status, body) = self.get_json("/api/v1/worker/list").await;
+        assert_eq!(status, 200);
+        body.as_array()
+            .expect("pid array")
+            .iter()
+            .map(|p| p.as_u64().expect("integer pid"))
+            .collect()
+    }
+
+    pub async fn master_pid(&self) -> Option<u64> {
+        self.status().await["master"].as_u64()
+    }
+
+    /// Reads usernames with read-your-writes at `seq`.
+    pub async fn usernames_at(&self, seq: u64) -> Vec<String> {
+        let (status, body) = self
+            .read(json!({"table": "users", "columns": ["username"], "min_seq": seq, "order_by": [{"column": "username"}]}))
+            .await;
+        assert_eq!(status, 200, "read: {body}");
+        body["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["username"].as_str().expect("username").to_string())
+            .collect()
+    }
+
+    /// Stops the orchestrator (SIGTERM: it stops its workers) and waits for it.
+    pub fn stop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("---- orchestrator log ----\n{}", self.log());
+            print_worker_logs(&self.dir.path().join("logs"));
+        }
+    }
+}
+
+fn print_worker_logs(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            eprintln!("---- {} (last lines) ----", e.path().display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it yields a value or `patience` runs out.
+pub async fn wait_until<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            eprintln!("gave up waiting for {what} after {patience:?}");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+pub fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+pub fn sigkill(pid: u64) {
+    let pid = i32::try_from(pid).expect("pid fits");
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
