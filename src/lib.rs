@@ -1,16 +1,26 @@
 //! RideShare DBaaS: a replicated SQLite service behind RabbitMQ, watched by ZooKeeper.
 //!
 //! # Layout
+//! Data flows one way: HTTP → `Dispatcher` → AMQP → worker → `RpcWaiter` → HTTP.
+//! - [`http`]: the orchestrator's thin HTTP handlers (parse, validate, answer).
+//! - [`actors`]: the orchestrator's actors and their messages: `Dispatcher`,
+//!   `RpcWaiter`, `Election`, `ContainerSupervisor`, `Scaler`.
+//! - [`orchestrator`]: wiring of the orchestrator process.
+//! - [`runtime`]: where workers run: local processes or Docker containers.
+//! - [`worker`]: the worker process: sync stream, read service, election, write service.
 //! - [`broker`]: RabbitMQ queue names, topology, connection and message bodies.
 //! - [`coord`]: ZooKeeper layout, worker records and the election rule.
 //! - [`db`]: the schema, the typed request model, the only SQL, and a worker's store.
-//! - [`worker`]: the worker process: sync stream, read service, election, write service.
+//! - [`rideshare`]: the users and rides microservices, clients of the DBaaS.
+//! - [`telemetry`]: logging setup shared by the binaries.
+
 pub mod actors;
 pub mod broker;
 pub mod coord;
 pub mod db;
 pub mod http;
 pub mod orchestrator;
+pub mod rideshare;
 pub mod runtime;
 pub mod telemetry;
 pub mod worker;

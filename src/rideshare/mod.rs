@@ -1,0 +1,1 @@
+//! RideShare users and rides services (being written).
