@@ -4,3 +4,4 @@
 mod common;
 mod data_path;
 mod docs;
+mod ha;
