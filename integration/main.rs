@@ -5,3 +5,4 @@ mod common;
 mod data_path;
 mod docs;
 mod ha;
+mod scaling;

@@ -22,6 +22,7 @@ use crate::actors::supervisor::{ContainerSupervisor, StopAll, WorkerExited};
 use crate::broker::{self, messages::Reply, RESPONSE_Q};
 use crate::coord;
 use crate::http::{self, AppState};
+use crate::runtime::docker::{DockerConfig, DockerRuntime};
 use crate::runtime::process::{ProcessConfig, ProcessRuntime};
 use crate::runtime::WorkerRuntime;
 
@@ -35,18 +36,32 @@ pub struct Config {
     pub initial_slaves: usize,
     pub scale_interval: Duration,
     pub reads_per_slave: u64,
-    pub process: ProcessOptions,
+    pub runtime: RuntimeOptions,
+    /// Stop every worker when the orchestrator stops (else they run on and the
+    /// next orchestrator adopts them).
+    pub stop_workers_on_exit: bool,
 }
 
-/// Settings of the process runtime.
+/// Which runtime runs the workers, with its settings.
 #[derive(Debug, Clone)]
-pub struct ProcessOptions {
-    pub worker_bin: PathBuf,
-    pub data_dir: PathBuf,
-    pub log_dir: Option<PathBuf>,
+pub enum RuntimeOptions {
+    /// Local OS processes.
+    Process {
+        worker_bin: PathBuf,
+        data_dir: PathBuf,
+        log_dir: Option<PathBuf>,
+    },
+    /// Containers through the Docker Engine API (DOCKER_HOST or the local socket).
+    Docker {
+        image: String,
+        network: String,
+        /// Label value that marks this orchestrator's workers.
+        instance: String,
+    },
 }
 
 const PATIENCE: Duration = Duration::from_secs(60);
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let conn = broker::connect(&config.amqp_url, "orchestrator", PATIENCE).await?;
@@ -62,15 +77,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let election = Election::new().start();
 
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
-    let runtime: Arc<dyn WorkerRuntime> = Arc::new(ProcessRuntime::new(
-        ProcessConfig {
-            worker_bin: config.process.worker_bin.clone(),
-            env: worker_env(&config),
-            log_dir: config.process.log_dir.clone(),
-            stop_grace: Duration::from_secs(10),
-        },
-        exits_tx,
-    ));
+    let runtime: Arc<dyn WorkerRuntime> = match &config.runtime {
+        RuntimeOptions::Process {
+            worker_bin,
+            data_dir,
+            log_dir,
+        } => {
+            let mut env = worker_env(&config);
+            env.push(("DBAAS_DATA_DIR".into(), data_dir.display().to_string()));
+            Arc::new(ProcessRuntime::new(
+                ProcessConfig {
+                    worker_bin: worker_bin.clone(),
+                    env,
+                    log_dir: log_dir.clone(),
+                    stop_grace: STOP_GRACE,
+                },
+                exits_tx,
+            ))
+        }
+        RuntimeOptions::Docker {
+            image,
+            network,
+            instance,
+        } => Arc::new(
+            DockerRuntime::connect(
+                DockerConfig {
+                    image: image.clone(),
+                    network: network.clone(),
+                    instance: instance.clone(),
+                    env: worker_env(&config),
+                    stop_grace: STOP_GRACE,
+                },
+                zk.clone(),
+                exits_tx,
+            )
+            .await?,
+        ),
+    };
+    info!(runtime = runtime.name(), "worker runtime ready");
     let zk_for_cleanup = zk.clone();
     let supervisor = ContainerSupervisor::new(runtime, config.initial_slaves)
         .with_election(election.clone().recipient())
@@ -125,7 +169,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!("shutting down: HTTP first, then workers");
     handle.stop(true).await;
     let _ = served.await;
-    let _ = supervisor.send(StopAll).await;
+    if config.stop_workers_on_exit {
+        let _ = supervisor.send(StopAll).await;
+    }
     let _ = conn.close(200, "orchestrator stopping".into()).await;
     Ok(())
 }
@@ -137,10 +183,6 @@ fn worker_env(config: &Config) -> Vec<(String, String)> {
         (
             "DBAAS_ZK_SESSION_TIMEOUT_MS".to_string(),
             config.zk_session_timeout.as_millis().to_string(),
-        ),
-        (
-            "DBAAS_DATA_DIR".to_string(),
-            config.process.data_dir.display().to_string(),
         ),
     ];
     for passthrough in ["RUST_LOG", "DBAAS_LOG_FORMAT"] {

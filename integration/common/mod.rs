@@ -77,6 +77,23 @@ pub async fn namespace(test: &str) -> Namespace {
     }
 }
 
+/// `DBAAS_TEST_RUNTIME=docker` runs the same tests with worker containers
+/// (through `DOCKER_HOST`, podman here) built from `DBAAS_TEST_WORKER_IMAGE`.
+pub fn runtime_env() -> Vec<(String, String)> {
+    match std::env::var("DBAAS_TEST_RUNTIME").as_deref() {
+        Ok("docker") => vec![
+            ("DBAAS_RUNTIME".into(), "docker".into()),
+            (
+                "DBAAS_WORKER_IMAGE".into(),
+                std::env::var("DBAAS_TEST_WORKER_IMAGE")
+                    .unwrap_or_else(|_| "localhost/dbaas-worker:dev".into()),
+            ),
+            ("DBAAS_DOCKER_NETWORK".into(), "host".into()),
+        ],
+        _ => Vec::new(),
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -155,6 +172,7 @@ impl Orchestrator {
             .env("DBAAS_DATA_DIR", dir.path().join("data"))
             .env("DBAAS_WORKER_LOG_DIR", dir.path().join("logs"))
             .env("RUST_LOG", "info,lapin=warn")
+            .envs(runtime_env())
             .envs(opts.extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)

@@ -40,6 +40,25 @@ struct Args {
     /// Reads per interval that one slave is expected to serve.
     #[arg(long, env = "DBAAS_READS_PER_SLAVE", default_value_t = 20)]
     reads_per_slave: u64,
+    /// Where workers run: `process` (local processes) or `docker` (Docker Engine API).
+    #[arg(long, env = "DBAAS_RUNTIME", default_value = "process", value_parser = ["process", "docker"])]
+    runtime: String,
+    /// Stop the workers when the orchestrator stops (else the next one adopts them).
+    #[arg(long, env = "DBAAS_STOP_WORKERS_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set)]
+    stop_workers_on_exit: bool,
+    /// Worker image (docker runtime).
+    #[arg(
+        long,
+        env = "DBAAS_WORKER_IMAGE",
+        default_value = "localhost/dbaas-worker:dev"
+    )]
+    worker_image: String,
+    /// Network for worker containers: `host` or the compose network (docker runtime).
+    #[arg(long, env = "DBAAS_DOCKER_NETWORK", default_value = "host")]
+    docker_network: String,
+    /// Label value marking this orchestrator's worker containers (default: the ZooKeeper hosts).
+    #[arg(long, env = "DBAAS_INSTANCE")]
+    instance: Option<String>,
     /// Worker binary (process runtime); default: `worker` beside this binary.
     #[arg(long, env = "DBAAS_WORKER_BIN")]
     worker_bin: Option<PathBuf>,
@@ -54,12 +73,27 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     dbaas::telemetry::init();
     let a = Args::parse();
-    let worker_bin = match a.worker_bin {
-        Some(p) => p,
-        None => std::env::current_exe()?
-            .parent()
-            .map(|d| d.join("worker"))
-            .ok_or_else(|| anyhow::anyhow!("cannot locate the worker binary; pass --worker-bin"))?,
+    let runtime = if a.runtime == "docker" {
+        dbaas::orchestrator::RuntimeOptions::Docker {
+            image: a.worker_image,
+            network: a.docker_network,
+            instance: a.instance.unwrap_or_else(|| a.zk_hosts.clone()),
+        }
+    } else {
+        let worker_bin = match a.worker_bin {
+            Some(p) => p,
+            None => std::env::current_exe()?
+                .parent()
+                .map(|d| d.join("worker"))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("cannot locate the worker binary; pass --worker-bin")
+                })?,
+        };
+        dbaas::orchestrator::RuntimeOptions::Process {
+            worker_bin,
+            data_dir: a.data_dir,
+            log_dir: a.worker_log_dir,
+        }
     };
     let config = dbaas::orchestrator::Config {
         amqp_url: a.amqp_url,
@@ -70,11 +104,8 @@ fn main() -> anyhow::Result<()> {
         initial_slaves: a.initial_slaves,
         scale_interval: Duration::from_secs(a.scale_interval_secs),
         reads_per_slave: a.reads_per_slave,
-        process: dbaas::orchestrator::ProcessOptions {
-            worker_bin,
-            data_dir: a.data_dir,
-            log_dir: a.worker_log_dir,
-        },
+        runtime,
+        stop_workers_on_exit: a.stop_workers_on_exit,
     };
     actix_rt::System::new().block_on(dbaas::orchestrator::run(config))
 }

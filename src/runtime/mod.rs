@@ -4,6 +4,7 @@
 //! processes, the default) and [`docker`] (containers through the Docker Engine
 //! API, for compose and real hosts).
 
+pub mod docker;
 pub mod process;
 
 use futures_util::future::BoxFuture;
