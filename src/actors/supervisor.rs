@@ -6,6 +6,7 @@
 //! nothing replaces it). It also carries out the crash API.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,7 +81,8 @@ pub struct ContainerSupervisor {
     forget_znodes: Option<Arc<dyn Fn(u32) + Send + Sync>>,
     desired_slaves: usize,
     view: Membership,
-    starts_in_flight: usize,
+    /// `runtime.start()` calls not finished yet (shared so shutdown can wait for them).
+    starts_in_flight: Arc<AtomicUsize>,
     /// Started, not registered in ZooKeeper yet.
     starting: HashMap<u32, Instant>,
     /// Being stopped on purpose (scale-in).
@@ -102,7 +104,7 @@ impl ContainerSupervisor {
             forget_znodes: None,
             desired_slaves,
             view: Membership::default(),
-            starts_in_flight: 0,
+            starts_in_flight: Arc::default(),
             starting: HashMap::new(),
             stopping: BTreeSet::new(),
             dead: BTreeSet::new(),
@@ -148,13 +150,14 @@ impl ContainerSupervisor {
         if !self.seen_membership || self.shutting_down {
             return;
         }
-        let have = self.live().len() + self.starts_in_flight;
+        let in_flight = self.starts_in_flight.load(Ordering::SeqCst);
+        let have = self.live().len() + in_flight;
         let want = 1 + self.desired_slaves;
         if have < want {
             for _ in have..want {
                 self.start_one(ctx);
             }
-        } else if have > want && self.starts_in_flight == 0 {
+        } else if have > want && in_flight == 0 {
             let master = self.view.master_pid();
             let mut slaves: Vec<u32> = self
                 .live()
@@ -169,24 +172,32 @@ impl ContainerSupervisor {
     }
 
     fn start_one(&mut self, ctx: &mut Context<Self>) {
-        self.starts_in_flight += 1;
+        self.starts_in_flight.fetch_add(1, Ordering::SeqCst);
         let runtime = self.runtime.clone();
-        async move { runtime.start().await }
-            .into_actor(self)
-            .map(|res, act, ctx| {
-                act.starts_in_flight -= 1;
-                match res {
-                    Ok(pid) => {
-                        act.starting.insert(pid, Instant::now());
-                        act.event(format!("started worker {pid}"));
-                    }
-                    Err(e) => {
-                        error!(error = %e, "starting a worker failed; retrying shortly");
-                        ctx.run_later(Duration::from_secs(1), |act, ctx| act.reconcile(ctx));
-                    }
-                }
-            })
-            .spawn(ctx);
+        let in_flight = self.starts_in_flight.clone();
+        async move {
+            let res = runtime.start().await;
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            res
+        }
+        .into_actor(self)
+        .map(|res, act, ctx| match res {
+            Ok(pid) if act.shutting_down => {
+                let runtime = act.runtime.clone();
+                actix::spawn(async move {
+                    let _ = runtime.stop(pid).await;
+                });
+            }
+            Ok(pid) => {
+                act.starting.insert(pid, Instant::now());
+                act.event(format!("started worker {pid}"));
+            }
+            Err(e) => {
+                error!(error = %e, "starting a worker failed; retrying shortly");
+                ctx.run_later(Duration::from_secs(1), |act, ctx| act.reconcile(ctx));
+            }
+        })
+        .spawn(ctx);
     }
 
     fn stop_one(&mut self, pid: u32, ctx: &mut Context<Self>) {
@@ -324,8 +335,16 @@ impl Handler<StopAll> for ContainerSupervisor {
         let pids: Vec<u32> = self.live().into_iter().collect();
         self.stopping.extend(pids.iter().copied());
         let runtime = self.runtime.clone();
+        let in_flight = self.starts_in_flight.clone();
         Box::pin(
             async move {
+                // A worker whose start is under way is stopped when it completes;
+                // wait for those so none outlives the orchestrator.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 for pid in pids {
                     if let Err(e) = runtime.stop(pid).await {
                         warn!(pid, error = %e, "stopping worker failed");
