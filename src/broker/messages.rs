@@ -28,6 +28,9 @@ pub enum SyncMessage {
     /// from earlier masters; once the new master has read up to its own barrier it
     /// has applied all of them and may start taking writes.
     Barrier { epoch: u64, pid: u32, nonce: String },
+    /// A joining replica's marker: once it reads its own marker back it has
+    /// applied everything published before it joined, and may serve reads.
+    Marker { pid: u32, nonce: String },
 }
 
 /// An error a worker reports for a request, with the HTTP status it maps to.

@@ -20,6 +20,8 @@ pub const READ_Q: &str = "readQ";
 pub const WRITE_Q: &str = "writeQ";
 pub const SYNC_Q: &str = "syncQ";
 pub const RESPONSE_Q: &str = "responseQ";
+/// Snapshot requests from joining replicas, served by any caught-up worker.
+pub const SNAPSHOT_Q: &str = "snapshotQ";
 /// Strong reads, served by the master alone (an extra queue, as the spec allows).
 pub const MASTER_READ_Q: &str = "readQ.master";
 
@@ -56,7 +58,7 @@ pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    for q in [READ_Q, WRITE_Q, RESPONSE_Q, MASTER_READ_Q] {
+    for q in [READ_Q, WRITE_Q, RESPONSE_Q, MASTER_READ_Q, SNAPSHOT_Q] {
         channel
             .queue_declare(q.into(), durable, FieldTable::default())
             .await?;

@@ -32,6 +32,8 @@ pub fn assigned_path(name: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Registered, still reading `syncQ` up to the present; serves no reads yet.
+    Joining,
     Slave,
     /// Elected, applying what earlier masters published before taking writes.
     Promoting,

@@ -1,1 +1,20 @@
-//! RideShare users and rides services (being written).
+//! The RideShare `users` and `rides` HTTP microservices: stateless clients of
+//! the DBaaS (every read and write is a `db/read` or `db/write` call), each
+//! keeping only its `_count` request counter. See `docs/rideshare.md`.
+//!
+//! # Layout
+//! - [`users`], [`rides`]: each service's handlers, routes and `run`.
+//! - [`dbaas_client`]: the typed, time-limited HTTP client to the DBaaS, with
+//!   read-your-writes through `min_seq`.
+//! - [`counter`]: the `_count` request counter and its routes.
+//! - [`validate`]: parsing of timestamps, passwords, areas, ids, usernames.
+//! - [`web`]: request bodies (JSON or form), 405/404 answers.
+//! - [`error`]: the JSON error type.
+
+pub mod counter;
+pub mod dbaas_client;
+pub mod error;
+pub mod rides;
+pub mod users;
+pub mod validate;
+pub mod web;

@@ -8,6 +8,7 @@
 pub mod election;
 pub mod reads;
 pub mod replica;
+pub mod snapshot;
 pub mod sync;
 pub mod writes;
 
@@ -21,7 +22,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 use zookeeper_client as zk;
 
-use crate::broker::{self, messages::SyncMessage, MASTER_READ_Q, READ_Q, SYNC_Q};
+use crate::broker::{self, messages::SyncMessage, StreamOffset, MASTER_READ_Q, READ_Q, SYNC_Q};
 use crate::coord::{self, Role};
 use crate::db::Store;
 use replica::Replica;
@@ -52,10 +53,14 @@ pub struct WorkerState {
     pub barrier_seen: Arc<watch::Sender<Option<String>>>,
     /// The epoch this worker leads in (0 while a slave).
     pub epoch: Arc<AtomicU64>,
+    /// The `syncQ` offset after the last message the sync loop processed.
+    pub stream_next: Arc<AtomicU64>,
     pub started_at_ms: i64,
 }
 
 const PATIENCE: Duration = Duration::from_secs(60);
+/// How long a joining worker waits for a snapshot before reading the whole stream.
+const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(2);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let zk = coord::connect(&config.zk_hosts, config.zk_session_timeout, PATIENCE).await?;
@@ -69,20 +74,43 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db_path.display()));
     }
+    let conn = broker::connect(&config.amqp_url, &format!("worker-{pid}"), PATIENCE).await?;
+    broker::declare_topology(&conn.create_channel().await?).await?;
+
+    // A copy of the data from a caught-up peer, if there is one.
+    let started = std::time::Instant::now();
+    let peers = coord::workers(&zk).await?;
+    let offered = if peers
+        .iter()
+        .any(|w| matches!(w.role, Role::Slave | Role::Master))
+    {
+        snapshot::fetch(&conn, &db_path, SNAPSHOT_PATIENCE).await?
+    } else {
+        None
+    };
+    let from = match offered {
+        Some(snap) => {
+            info!(pid, seq = snap.seq, bytes = snap.bytes, resume_offset = snap.resume_offset, took = ?started.elapsed(), "loaded snapshot");
+            StreamOffset::At(snap.resume_offset)
+        }
+        None => {
+            info!(pid, "no snapshot offered: reading syncQ from the start");
+            StreamOffset::First
+        }
+    };
     let store = Store::open(&db_path)?;
     let state = WorkerState {
         pid,
         replica: Replica::new(store),
-        role: Arc::new(watch::channel(Role::Slave).0),
+        role: Arc::new(watch::channel(Role::Joining).0),
         barrier_seen: Arc::new(watch::channel(None).0),
         epoch: Arc::new(AtomicU64::new(0)),
+        stream_next: Arc::new(AtomicU64::new(0)),
         started_at_ms: chrono::Utc::now().timestamp_millis(),
     };
-    let conn = broker::connect(&config.amqp_url, &format!("worker-{pid}"), PATIENCE).await?;
-    broker::declare_topology(&conn.create_channel().await?).await?;
 
     election::register(&zk, &state).await?;
-    info!(pid, db = %db_path.display(), "worker registered as slave");
+    info!(pid, db = %db_path.display(), "worker registered; catching up");
     tokio::spawn(election::publish_progress(
         zk.clone(),
         state.clone(),
@@ -90,7 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
 
     let outcome = tokio::select! {
-        stop = sync::run(&conn, state.clone()) => Err(anyhow::anyhow!("sync stopped: {stop}")),
+        stop = sync::run(&conn, state.clone(), from) => Err(anyhow::anyhow!("sync stopped: {stop}")),
         lost = election::session_lost(&zk) => Err(anyhow::anyhow!("ZooKeeper session ended: {lost:?}")),
         served = serve(&conn, &zk, state.clone(), &config) => served,
         _ = shutdown_signal() => {
@@ -117,13 +145,27 @@ async fn serve(
     state: WorkerState,
     config: &Config,
 ) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let marker = SyncMessage::Marker {
+        pid: state.pid,
+        nonce: uuid::Uuid::new_v4().to_string(),
+    };
+    read_back(conn, &state, marker).await?;
+    state.role.send_replace(Role::Slave);
+    info!(pid = state.pid, seq = state.replica.seq(), took = ?started.elapsed(), "caught up: serving reads");
+    snapshot::serve(conn, state.clone(), config.data_dir.clone()).await?;
     let reads = reads::start(conn, READ_Q, state.clone(), config.read_wait).await?;
     let epoch = election::win(zk, &state).await?;
     state.epoch.store(epoch, Ordering::Relaxed);
     state.role.send_replace(Role::Promoting);
     // Unacked reads go back to readQ for the slaves.
     let _ = reads.close(200, "promoted to master".into()).await;
-    catch_up_to_barrier(conn, &state, epoch).await?;
+    let barrier = SyncMessage::Barrier {
+        epoch,
+        pid: state.pid,
+        nonce: uuid::Uuid::new_v4().to_string(),
+    };
+    read_back(conn, &state, barrier).await?;
     state.role.send_replace(Role::Master);
     info!(
         pid = state.pid,
@@ -135,21 +177,21 @@ async fn serve(
     writes::run(conn, state, epoch).await
 }
 
-/// Publishes this master's barrier on `syncQ` and waits until the sync loop has
-/// read it: by then every entry of earlier masters is applied here.
-async fn catch_up_to_barrier(
+/// Publishes `message` (a barrier or a marker) on `syncQ` and waits until the
+/// sync loop has read it back: by then everything published before it is
+/// applied here.
+async fn read_back(
     conn: &lapin::Connection,
     state: &WorkerState,
-    epoch: u64,
+    message: SyncMessage,
 ) -> anyhow::Result<()> {
-    let nonce = uuid::Uuid::new_v4().to_string();
+    let nonce = match &message {
+        SyncMessage::Barrier { nonce, .. } | SyncMessage::Marker { nonce, .. } => nonce.clone(),
+        SyncMessage::Entry(_) => return Err(anyhow::anyhow!("an entry is no marker")),
+    };
     let mut seen = state.barrier_seen.subscribe();
     let channel = broker::confirmed_channel(conn).await?;
-    let body = serde_json::to_vec(&SyncMessage::Barrier {
-        epoch,
-        pid: state.pid,
-        nonce: nonce.clone(),
-    })?;
+    let body = serde_json::to_vec(&message)?;
     broker::publish_confirmed(
         &channel,
         SYNC_Q,
@@ -163,8 +205,8 @@ async fn catch_up_to_barrier(
         seen.wait_for(|n| n.as_deref() == Some(nonce.as_str())),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("did not read own barrier back within {PATIENCE:?}"))??;
-    let _ = channel.close(200, "barrier read".into()).await;
+    .map_err(|_| anyhow::anyhow!("did not read own marker back within {PATIENCE:?}"))??;
+    let _ = channel.close(200, "marker read".into()).await;
     Ok(())
 }
 

@@ -82,6 +82,11 @@ impl Replica {
         self.with_store(move |s| s.observe_epoch(epoch)).await
     }
 
+    /// Online backup of this copy to `path`: (seq, epoch) it holds.
+    pub async fn backup_to(&self, path: std::path::PathBuf) -> Result<(u64, u64), DbError> {
+        self.with_store(move |s| s.backup_to(&path)).await
+    }
+
     pub async fn checksum(&self) -> Result<String, DbError> {
         self.with_store(|s| s.checksum()).await
     }

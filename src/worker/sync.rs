@@ -30,24 +30,28 @@ pub enum SyncStop {
     Broker(#[from] lapin::Error),
 }
 
-pub async fn run(conn: &Connection, state: WorkerState) -> SyncStop {
-    match consume(conn, &state).await {
+pub async fn run(conn: &Connection, state: WorkerState, from: StreamOffset) -> SyncStop {
+    match consume(conn, &state, from).await {
         Ok(()) => SyncStop::Ended,
         Err(e) => e,
     }
 }
 
-async fn consume(conn: &Connection, state: &WorkerState) -> Result<(), SyncStop> {
+async fn consume(
+    conn: &Connection,
+    state: &WorkerState,
+    from: StreamOffset,
+) -> Result<(), SyncStop> {
     let channel = broker::consumer_channel(conn, 512).await?;
     let mut consumer = channel
         .basic_consume(
             SYNC_Q.into(),
             format!("sync-{}", state.pid).into(),
             BasicConsumeOptions::default(),
-            broker::stream_offset(StreamOffset::First),
+            broker::stream_offset(from),
         )
         .await?;
-    info!(pid = state.pid, "reading syncQ from the first entry");
+    info!(pid = state.pid, ?from, "reading syncQ");
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
         let message: SyncMessage = match serde_json::from_slice(&delivery.data) {
@@ -86,6 +90,16 @@ async fn consume(conn: &Connection, state: &WorkerState) -> Result<(), SyncStop>
                 }
                 state.barrier_seen.send_replace(Some(nonce));
             }
+            SyncMessage::Marker { pid, nonce } => {
+                if pid == state.pid {
+                    state.barrier_seen.send_replace(Some(nonce));
+                }
+            }
+        }
+        if let Some(offset) = broker::delivery_stream_offset(&delivery.properties) {
+            state
+                .stream_next
+                .store(offset + 1, std::sync::atomic::Ordering::SeqCst);
         }
         delivery.ack(BasicAckOptions::default()).await?;
     }

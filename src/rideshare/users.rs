@@ -1,0 +1,159 @@
+//! The users service: add, list and remove users; `db/clear` and `_count`.
+//! Its data lives in the DBaaS `users` table; it keeps only its request counter.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::{json, Value as Json};
+
+use super::counter::{self, count_requests, Counter};
+use super::dbaas_client::{http_client, DbError, DbaasClient, Read};
+use super::error::ApiError;
+use super::validate;
+use super::web::{empty, not_found, read_fields, resource};
+
+/// How the users service runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address, e.g. `127.0.0.1:8001`.
+    pub bind: String,
+    /// The DBaaS orchestrator's base URL.
+    pub dbaas_url: String,
+    /// Timeout of each call to the DBaaS.
+    pub timeout: Duration,
+}
+
+/// What the handlers share.
+pub struct State {
+    pub db: DbaasClient,
+}
+
+/// `PUT /api/v1/users` `{"username", "password"}` → 201 `{}`; invalid or
+/// duplicate → 400.
+async fn add(
+    state: web::Data<State>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let fields = read_fields(&req, body).await?;
+    let username = validate::username(&fields, "username")?;
+    let password = validate::password(&fields)?;
+    match state
+        .db
+        .insert("users", json!({"username": username, "password": password}))
+        .await
+    {
+        Ok(_) => Ok(empty(StatusCode::CREATED)),
+        Err(DbError::Conflict(_)) => Err(ApiError::bad_request(format!(
+            "user {:?} already exists",
+            validate::preview(&username)
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `GET /api/v1/users` → 200 `["name", ...]` (sorted), 204 when there are none.
+async fn list(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+    let rows = state
+        .db
+        .read(
+            Read::table("users")
+                .columns(&["username"])
+                .order_by("username"),
+        )
+        .await?;
+    let names: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.get("username").and_then(Json::as_str))
+        .collect();
+    if names.is_empty() {
+        return Ok(HttpResponse::NoContent().finish());
+    }
+    Ok(HttpResponse::Ok().json(names))
+}
+
+/// `DELETE /api/v1/users/{username}` → 200 `{}`; unknown → 400. The user's
+/// memberships and the rides they created go with them.
+async fn remove(
+    state: web::Data<State>,
+    username: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let username = username.into_inner();
+    let out = state
+        .db
+        .delete("users", json!({ "username": username }))
+        .await?;
+    if out.rows_affected == 0 {
+        return Err(ApiError::bad_request(format!(
+            "no such user {:?}",
+            validate::preview(&username)
+        )));
+    }
+    state
+        .db
+        .delete("ride_members", json!({ "username": username }))
+        .await?;
+    state
+        .db
+        .delete("rides", json!({ "created_by": username }))
+        .await?;
+    Ok(empty(StatusCode::OK))
+}
+
+/// `POST /api/v1/db/clear` → 200 `{}`: removes every user.
+async fn clear(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+    state.db.clear("users").await?;
+    Ok(empty(StatusCode::OK))
+}
+
+/// The users service's routes; needs `web::Data<State>` and `web::Data<Counter>`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource(
+            "/api/v1/users",
+            vec![web::put().to(add), web::get().to(list)],
+            "GET, PUT",
+        )
+        .wrap(from_fn(count_requests)),
+    )
+    .service(
+        resource(
+            "/api/v1/users/{username}",
+            vec![web::delete().to(remove)],
+            "DELETE",
+        )
+        .wrap(from_fn(count_requests)),
+    )
+    .service(resource(
+        "/api/v1/db/clear",
+        vec![web::post().to(clear)],
+        "POST",
+    ))
+    .configure(counter::routes)
+    .default_service(web::to(not_found));
+}
+
+/// Serves the users API until SIGINT/SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let http = http_client(config.timeout)?;
+    let state = web::Data::new(State {
+        db: DbaasClient::new(http, &config.dbaas_url),
+    });
+    let counter = web::Data::new(Counter::default());
+    tracing::info!(bind = %config.bind, dbaas = %config.dbaas_url, "users service starting");
+    HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(counter.clone())
+            .wrap(actix_web::middleware::Logger::default())
+            .configure(routes)
+    })
+    .bind(&config.bind)?
+    .shutdown_timeout(10)
+    .run()
+    .await?;
+    tracing::info!("users service stopped");
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! HTTP plumbing shared by both services: reading a request body (JSON or
+//! form-encoded) into [`Fields`] with a size limit, resources that answer 405
+//! to other methods, and the JSON 404 for unknown paths.
+
+use actix_web::http::header;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, Route};
+use futures_util::StreamExt;
+use serde_json::Value as Json;
+
+use super::error::ApiError;
+use super::validate::Fields;
+
+/// The largest request body accepted; larger ones get a clean 400.
+pub const MAX_BODY: usize = 256 * 1024;
+
+/// Reads the body and parses it as form fields when it is
+/// `application/x-www-form-urlencoded`, as a JSON object otherwise. An empty
+/// body is an empty object (so a missing field is reported by name).
+pub async fn read_fields(req: &HttpRequest, mut payload: web::Payload) -> Result<Fields, ApiError> {
+    let too_large = || ApiError::bad_request(format!("body larger than {MAX_BODY} bytes"));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Fields::new());
+    }
+    if req.content_type() == mime_form() {
+        parse_form(&body)
+    } else {
+        parse_json(&body)
+    }
+}
+
+fn mime_form() -> &'static str {
+    "application/x-www-form-urlencoded"
+}
+
+/// Form fields become JSON strings; the first of repeated names wins.
+pub fn parse_form(body: &[u8]) -> Result<Fields, ApiError> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| ApiError::bad_request("form body is not UTF-8"))?;
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(text)
+        .map_err(|e| ApiError::bad_request(format!("malformed form body: {e}")))?
+        .into_inner();
+    let mut fields = Fields::new();
+    for (k, v) in pairs {
+        fields.entry(k).or_insert(Json::String(v));
+    }
+    Ok(fields)
+}
+
+pub fn parse_json(body: &[u8]) -> Result<Fields, ApiError> {
+    match serde_json::from_slice::<Json>(body) {
+        Ok(Json::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad_request("body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!("malformed JSON body: {e}"))),
+    }
+}
+
+/// `{}` with the given status.
+pub fn empty(status: actix_web::http::StatusCode) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({}))
+}
+
+/// A JSON 405 naming the allowed methods.
+pub fn method_not_allowed(allow: &'static str) -> HttpResponse {
+    HttpResponse::MethodNotAllowed()
+        .insert_header((header::ALLOW, allow))
+        .json(serde_json::json!({ "error": format!("method not allowed; use {allow}") }))
+}
+
+/// A resource serving `routes` (method, route) and answering 405 to the rest.
+pub fn resource(path: &str, routes: Vec<Route>, allow: &'static str) -> actix_web::Resource {
+    routes
+        .into_iter()
+        .fold(web::resource(path), |r, route| r.route(route))
+        .default_service(web::to(move || async move { method_not_allowed(allow) }))
+}
+
+/// The JSON 404 for paths no route matches.
+pub async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(serde_json::json!({ "error": "no such route" }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_and_json_give_the_same_fields() {
+        let f = parse_form(b"username=a%20b&source=5&source=6").unwrap();
+        assert_eq!(f["username"], "a b");
+        assert_eq!(f["source"], "5");
+        let j = parse_json(br#"{"username": "a b", "source": 5}"#).unwrap();
+        assert_eq!(j["source"], 5);
+        assert!(parse_json(b"[1]").is_err());
+        assert!(parse_json(b"{nope").is_err());
+        assert!(parse_form(&[0xff, 0xfe]).is_err());
+        let deep = "[".repeat(100_000);
+        assert!(parse_json(format!("{{\"a\":{deep}").as_bytes()).is_err());
+    }
+}
