@@ -5,4 +5,6 @@ mod common;
 mod data_path;
 mod docs;
 mod ha;
+mod replication;
+mod rideshare;
 mod scaling;

@@ -287,6 +287,11 @@ impl Orchestrator {
         body
     }
 
+    /// Inserts a user (owned name, for concurrent use) and returns the write's seq.
+    pub async fn insert_user_owned(&self, name: String) -> u64 {
+        self.insert_user(&name).await["seq"].as_u64().unwrap_or(0)
+    }
+
     pub async fn pids(&self) -> Vec<u64> {
         let (status, body) = self.get_json("/api/v1/worker/list").await;
         assert_eq!(status, 200);

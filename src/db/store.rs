@@ -107,6 +107,15 @@ impl Store {
         Self::init(Connection::open(path)?)
     }
 
+    /// Opens another process's copy read-only (tests and operators comparing
+    /// replicas); it must already hold the schema.
+    pub fn open_read_only(path: &Path) -> Result<Store, DbError> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let seq = meta(&conn, SEQ)?;
+        let epoch = meta(&conn, EPOCH)?;
+        Ok(Store { conn, seq, epoch })
+    }
+
     pub fn open_in_memory() -> Result<Store, DbError> {
         Self::init(Connection::open_in_memory()?)
     }

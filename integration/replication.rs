@@ -1,0 +1,234 @@
+//! Replication under faults: concurrent writers while masters and slaves are
+//! crashed (through the API and by SIGKILL); afterwards every acknowledged
+//! write is on every live replica exactly once and the replicas are identical.
+//! Also: read-your-writes with `min_seq`, and catch-up of a new slave by snapshot.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dbaas::db::Store;
+use serde_json::{json, Value};
+
+use crate::common::{sigkill, wait_until, Options, Orchestrator};
+
+const WRITERS: usize = 4;
+const PER_WRITER: usize = 400;
+
+/// Writes one user, retrying (same Idempotency-Key) until acknowledged.
+async fn write_acked(o: &Orchestrator, name: &str) -> bool {
+    for _ in 0..40 {
+        let r = o
+            .http
+            .post(o.url("/api/v1/db/write"))
+            .header("Idempotency-Key", name)
+            .json(&json!({"table": "users", "insert": {"username": name, "password": "p"}}))
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => return true,
+            Ok(r) if r.status().as_u16() == 409 => panic!("{name} conflicted: applied twice?"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    false
+}
+
+async fn settled(o: &Orchestrator, slaves: usize) -> Value {
+    o.wait_for_workers(slaves).await
+}
+
+fn slave_pids(s: &Value) -> Vec<u64> {
+    s["workers"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .filter(|w| w["role"] == "slave")
+                .filter_map(|w| w["pid"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_crashes_exactly_once_on_every_replica() {
+    let o = Arc::new(
+        Orchestrator::start(
+            "faults",
+            Options {
+                slaves: 2,
+                ..Options::default()
+            },
+        )
+        .await,
+    );
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let o = o.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..PER_WRITER {
+                let name = format!("w{w}-{i:04}");
+                if write_acked(&o, &name).await {
+                    acked.push(name);
+                }
+            }
+            acked
+        }));
+    }
+
+    // Chaos while the writers run: every kind of death, twice.
+    for round in 0..2 {
+        let s = settled(&o, 2).await;
+        let (status, _) = o.post_json("/api/v1/crash/master", &Value::Null).await;
+        assert_eq!(status, 200, "round {round}: crash master");
+        let s2 = settled(&o, 2).await;
+        sigkill(*slave_pids(&s2).first().expect("a slave"));
+        let s3 = wait_until("slave replaced", Duration::from_secs(30), || async {
+            let now = o.status().await;
+            (slave_pids(&now) != slave_pids(&s2) && slave_pids(&now).len() == 2).then_some(now)
+        })
+        .await
+        .expect("slave replaced after SIGKILL");
+        let (status, _) = o.post_json("/api/v1/crash/slave", &Value::Null).await;
+        assert_eq!(status, 200, "round {round}: crash slave");
+        settled(&o, 2).await;
+        sigkill(s3["master"].as_u64().expect("master"));
+        wait_until(
+            "failover after SIGKILL",
+            Duration::from_secs(30),
+            || async {
+                let now = o.status().await;
+                (now["master"]
+                    .as_u64()
+                    .is_some_and(|m| Some(m) != s3["master"].as_u64())
+                    && slave_pids(&now).len() == 2)
+                    .then_some(())
+            },
+        )
+        .await
+        .expect("failover");
+        assert_ne!(s["master"], Value::Null);
+    }
+
+    let mut acked = BTreeSet::new();
+    for w in writers {
+        acked.extend(w.await.expect("writer task"));
+    }
+    assert_eq!(
+        acked.len(),
+        WRITERS * PER_WRITER,
+        "every write was eventually acknowledged"
+    );
+
+    // Wait until every replica has applied the master's last write, then compare files.
+    let last = o.insert_user("last").await["seq"].as_u64().expect("seq");
+    let status = wait_until("replicas caught up", Duration::from_secs(30), || async {
+        let s = settled(&o, 2).await;
+        s["workers"]
+            .as_array()?
+            .iter()
+            .all(|w| w["seq"].as_u64() >= Some(last))
+            .then_some(s)
+    })
+    .await
+    .expect("all replicas at the last seq");
+    let mut sums = BTreeSet::new();
+    for w in status["workers"].as_array().expect("workers") {
+        let pid = w["pid"].as_u64().expect("pid");
+        let path = o.data_dir().join(format!("worker-{pid}.sqlite"));
+        let store = Store::open_read_only(&path).expect("open replica");
+        assert!(
+            store.seq() >= last,
+            "worker {pid} at {} < {last}",
+            store.seq()
+        );
+        let out = store
+            .read(
+                &dbaas::db::request::parse(br#"{"table":"users","columns":["username"]}"#)
+                    .expect("query"),
+            )
+            .expect("read replica");
+        let names: Vec<String> = out
+            .rows
+            .iter()
+            .filter_map(|r| r["username"].as_str().map(String::from))
+            .collect();
+        let unique: BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "worker {pid} holds duplicates");
+        for a in &acked {
+            assert!(
+                unique.contains(a),
+                "worker {pid} lost acknowledged write {a}"
+            );
+        }
+        assert_eq!(
+            names.len(),
+            acked.len() + 1,
+            "worker {pid}: only acknowledged writes (and 'last')"
+        );
+        sums.insert(store.checksum().expect("checksum"));
+    }
+    assert_eq!(sums.len(), 1, "replicas differ: {sums:?}");
+}
+
+#[tokio::test]
+async fn min_seq_reads_never_miss_the_write_they_follow() {
+    let o = Orchestrator::start(
+        "minseq",
+        Options {
+            slaves: 2,
+            ..Options::default()
+        },
+    )
+    .await;
+    for i in 0..100 {
+        let name = format!("ryw-{i:03}");
+        let seq = o.insert_user(&name).await["seq"].as_u64().expect("seq");
+        let (status, body) = o
+            .read(json!({"table": "users", "where": {"username": name}, "min_seq": seq}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["rows"].as_array().map(Vec::len),
+            Some(1),
+            "read after write {i}: {body}"
+        );
+        assert!(body["seq"].as_u64() >= Some(seq));
+    }
+}
+
+#[tokio::test]
+async fn a_new_slave_catches_up_from_a_snapshot() {
+    let o = Orchestrator::start("snapshot", Options::default()).await;
+    let mut last = 0;
+    for chunk in 0..20 {
+        let futs: Vec<_> = (0..50)
+            .map(|i| o.insert_user_owned(format!("s{chunk:02}-{i:02}")))
+            .collect();
+        for seq in futures_util::future::join_all(futs).await {
+            last = last.max(seq);
+        }
+    }
+    let s = o.status().await;
+    let old = slave_pids(&s)[0];
+    let (status, _) = o.post_json("/api/v1/crash/slave", &Value::Null).await;
+    assert_eq!(status, 200);
+    let s = settled(&o, 1).await;
+    let new = slave_pids(&s)[0];
+    assert_ne!(new, old);
+    let log = std::fs::read_to_string(o.dir.path().join("logs").join(format!("worker-{new}.log")))
+        .unwrap_or_default();
+    assert!(
+        log.contains("loaded snapshot"),
+        "the new slave used a snapshot:\n{log}"
+    );
+    // Caught up: it serves the data as of the last write.
+    let (status, body) = o
+        .read(json!({"table": "users", "count": true, "min_seq": last}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0]["count"], 1000);
+    assert_eq!(body["worker"].as_u64(), Some(new));
+}
