@@ -2,6 +2,8 @@
 //! `scripts/test`), each in its own vhost and ZooKeeper chroot.
 
 mod common;
+mod compose;
+mod containers;
 mod data_path;
 mod docs;
 mod ha;

@@ -176,7 +176,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn worker_env(config: &Config) -> Vec<(String, String)> {
+pub fn worker_env(config: &Config) -> Vec<(String, String)> {
     let mut env = vec![
         ("DBAAS_AMQP_URL".to_string(), config.amqp_url.clone()),
         ("DBAAS_ZK_HOSTS".to_string(), config.zk_hosts.clone()),

@@ -101,9 +101,15 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// How the orchestrator runs: a child process, or a container (podman).
+enum Process {
+    Child(Child),
+    Container(String),
+}
+
 /// An orchestrator process and the workers it runs; stopped (workers too) on drop.
 pub struct Orchestrator {
-    child: Child,
+    process: Process,
     pub url: String,
     pub ns: Namespace,
     pub dir: tempfile::TempDir,
@@ -134,6 +140,8 @@ pub fn bin(name: &str) -> PathBuf {
     match name {
         "orchestrator" => PathBuf::from(env!("CARGO_BIN_EXE_orchestrator")),
         "worker" => PathBuf::from(env!("CARGO_BIN_EXE_worker")),
+        "users" => PathBuf::from(env!("CARGO_BIN_EXE_users")),
+        "rides" => PathBuf::from(env!("CARGO_BIN_EXE_rides")),
         other => panic!("unknown binary {other}"),
     }
 }
@@ -178,8 +186,58 @@ impl Orchestrator {
             .stderr(log)
             .spawn()
             .expect("start orchestrator");
+        Self::attach(Process::Child(child), ns, dir, port).await
+    }
+
+    /// Runs the orchestrator image in a container (host network, the Docker
+    /// API socket mounted, docker runtime) and waits for its workers.
+    pub async fn in_container(
+        test: &str,
+        image: &str,
+        worker_image: &str,
+        slaves: usize,
+    ) -> Orchestrator {
+        let ns = namespace(test).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let host = std::env::var("DOCKER_HOST").expect("DOCKER_HOST names the podman socket");
+        let socket = host.strip_prefix("unix://").expect("a unix socket");
+        let name = format!("dbaas-orchestrator-{}", ns.name);
+        let out = Command::new("podman")
+            .args(["run", "-d", "--name", &name, "--network", "host"])
+            .args(["-v", &format!("{socket}:/var/run/docker.sock")])
+            .args(["-e", &format!("DBAAS_AMQP_URL={}", ns.amqp_url)])
+            .args(["-e", &format!("DBAAS_ZK_HOSTS={}", ns.zk_hosts)])
+            .args(["-e", &format!("DBAAS_BIND=127.0.0.1:{port}")])
+            .args([
+                "-e",
+                "DBAAS_RUNTIME=docker",
+                "-e",
+                "DBAAS_DOCKER_NETWORK=host",
+            ])
+            .args(["-e", &format!("DBAAS_WORKER_IMAGE={worker_image}")])
+            .args(["-e", &format!("DBAAS_INITIAL_SLAVES={slaves}")])
+            .arg(image)
+            .output()
+            .expect("podman run");
+        assert!(
+            out.status.success(),
+            "podman run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let o = Self::attach(Process::Container(name), ns, dir, port).await;
+        o.wait_for_workers(slaves).await;
+        o
+    }
+
+    async fn attach(
+        process: Process,
+        ns: Namespace,
+        dir: tempfile::TempDir,
+        port: u16,
+    ) -> Orchestrator {
         let o = Orchestrator {
-            child,
+            process,
             url: format!("http://127.0.0.1:{port}"),
             ns,
             dir,
@@ -205,7 +263,15 @@ impl Orchestrator {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("orchestrator.log")).unwrap_or_default()
+        match &self.process {
+            Process::Child(_) => std::fs::read_to_string(self.dir.path().join("orchestrator.log"))
+                .unwrap_or_default(),
+            Process::Container(name) => Command::new("podman")
+                .args(["logs", name])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_default(),
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -322,19 +388,31 @@ impl Orchestrator {
 
     /// Stops the orchestrator (SIGTERM: it stops its workers) and waits for it.
     pub fn stop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
+        let child = match &mut self.process {
+            Process::Child(child) => child,
+            Process::Container(name) => {
+                let _ = Command::new("podman")
+                    .args(["stop", "-t", "30", name.as_str()])
+                    .output();
+                let _ = Command::new("podman")
+                    .args(["rm", "-f", name.as_str()])
+                    .output();
+                return;
+            }
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
             // SAFETY: kill(2) has no memory-safety preconditions.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 

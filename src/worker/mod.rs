@@ -109,6 +109,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         started_at_ms: chrono::Utc::now().timestamp_millis(),
     };
 
+    tokio::spawn(heartbeat(config.data_dir.join("heartbeat")));
     election::register(&zk, &state).await?;
     info!(pid, db = %db_path.display(), "worker registered; catching up");
     tokio::spawn(election::publish_progress(
@@ -225,6 +226,16 @@ async fn assigned_pid(zk: &zk::Client, name: &str) -> anyhow::Result<u32> {
         tokio::time::timeout_at(deadline, watcher.changed())
             .await
             .map_err(|_| anyhow::anyhow!("no pid assigned at {path} within {PATIENCE:?}"))?;
+    }
+}
+
+/// Touches `path` every second, for container health checks.
+async fn heartbeat(path: PathBuf) {
+    loop {
+        if let Err(e) = tokio::fs::write(&path, chrono::Utc::now().to_rfc3339()).await {
+            warn!(error = %e, path = %path.display(), "could not write heartbeat");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

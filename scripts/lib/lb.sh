@@ -1,0 +1,88 @@
+# shellcheck shell=bash
+# The local stand-in for the AWS Application Load Balancer: nginx routing
+# /api/v1/users and /api/v1/users/* to the users service and everything else
+# to the rides service, as a plain background process with its config, pid,
+# logs and temp files under $RUN_DIR/nginx.
+#
+# Needs from the caller (scripts/lib/services.sh provides them): RUN_DIR,
+# log, apt_install, wait_for.
+#   LB_HOST (127.0.0.1)  LB_PORT (8080)       where the load balancer listens
+#   USERS_HOST/USERS_PORT (127.0.0.1:8001)   the users service
+#   RIDES_HOST/RIDES_PORT (127.0.0.1:8002)   the rides service
+
+LB_HOST=${LB_HOST:-127.0.0.1}
+LB_PORT=${LB_PORT:-8080}
+USERS_HOST=${USERS_HOST:-127.0.0.1}
+USERS_PORT=${USERS_PORT:-8001}
+RIDES_HOST=${RIDES_HOST:-127.0.0.1}
+RIDES_PORT=${RIDES_PORT:-8002}
+
+# lb_config DIR : prints the nginx configuration.
+lb_config() {
+  local dir=$1 user=""
+  # As root, nginx's workers would drop to nobody and could not use our temp dirs.
+  [ "$(id -u)" -eq 0 ] && user="user $(id -un) $(id -gn);"
+  cat <<CONF
+$user
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log $dir/access.log;
+  client_body_temp_path $dir/tmp/client_body;
+  proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi;
+  uwsgi_temp_path $dir/tmp/uwsgi;
+  scgi_temp_path $dir/tmp/scgi;
+  client_max_body_size 4m;
+
+  upstream users { server $USERS_HOST:$USERS_PORT; keepalive 16; }
+  upstream rides { server $RIDES_HOST:$RIDES_PORT; keepalive 16; }
+
+  server {
+    listen $LB_HOST:$LB_PORT;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host \$http_host;
+    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    proxy_read_timeout 60s;
+
+    # The path-based rules of the ALB: /api/v1/users* to users, the rest to rides.
+    location = /api/v1/users { proxy_pass http://users; }
+    location /api/v1/users/ { proxy_pass http://users; }
+    location / { proxy_pass http://rides; }
+  }
+}
+CONF
+}
+
+lb_answers() { curl -s -o /dev/null --max-time 2 "http://$LB_HOST:$LB_PORT/"; }
+
+# start_lb : installs nginx if missing, writes its config and starts it in the
+# background (not daemonized); returns once it answers HTTP.
+start_lb() {
+  apt_install nginx
+  local dir=$RUN_DIR/nginx
+  mkdir -p "$dir/tmp"
+  lb_config "$dir" > "$dir/nginx.conf"
+  /usr/sbin/nginx -t -q -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" \
+    || { log "invalid nginx configuration $dir/nginx.conf"; return 1; }
+  log "starting the load balancer on http://$LB_HOST:$LB_PORT (users $USERS_HOST:$USERS_PORT, rides $RIDES_HOST:$RIDES_PORT)"
+  setsid /usr/sbin/nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" \
+    -g 'daemon off;' > "$dir/stdout.log" 2>&1 &
+  echo $! > "$dir/launcher.pid"
+  wait_for "the load balancer" 30 lb_answers || { tail -20 "$dir/error.log" >&2; return 1; }
+}
+
+# stop_lb : stops the nginx started by start_lb (and its worker).
+stop_lb() {
+  local dir=$RUN_DIR/nginx
+  [ -f "$dir/launcher.pid" ] || return 0
+  local pid; pid=$(cat "$dir/launcher.pid")
+  kill -QUIT "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + 10))
+  while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  rm -f "$dir/launcher.pid"
+}
