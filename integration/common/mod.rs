@@ -258,6 +258,14 @@ impl Orchestrator {
         o
     }
 
+    /// The orchestrator's OS pid, when it runs as a local process.
+    pub fn pid(&self) -> Option<u64> {
+        match &self.process {
+            Process::Child(c) => Some(u64::from(c.id())),
+            Process::Container(_) => None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }

@@ -105,10 +105,17 @@ stop_pidfile() {
   rm -f "$f"
 }
 
+# note_running_services: call before starting, in the main shell: brokers that
+# already listen were not started by us, and stop_services leaves them alone.
+note_running_services() {
+  KEEP_RABBITMQ=0 KEEP_ZOOKEEPER=0
+  port_open "$AMQP_PORT" && KEEP_RABBITMQ=1
+  port_open "$ZK_PORT" && KEEP_ZOOKEEPER=1
+  return 0
+}
+
 stop_services() {
-  stop_pidfile "$RUN_DIR/zookeeper/launcher.pid"
-  if [ -f "$RUN_DIR/rabbitmq/launcher.pid" ]; then
-    # rabbitmq-server execs beam; epmd is started alongside and left to itself.
-    stop_pidfile "$RUN_DIR/rabbitmq/launcher.pid"
-  fi
+  [ "${KEEP_ZOOKEEPER:-0}" = 1 ] || stop_pidfile "$RUN_DIR/zookeeper/launcher.pid"
+  # rabbitmq-server execs beam; epmd is started alongside and left to itself.
+  [ "${KEEP_RABBITMQ:-0}" = 1 ] || stop_pidfile "$RUN_DIR/rabbitmq/launcher.pid"
 }

@@ -36,6 +36,9 @@ struct Args {
     /// How long a read with min_seq waits for this replica to catch up.
     #[arg(long, env = "DBAAS_READ_WAIT_MS", default_value_t = 5000)]
     read_wait_ms: u64,
+    /// How a new worker gets the data: a peer's `snapshot`, or `replay` of all of syncQ.
+    #[arg(long, env = "DBAAS_CATCH_UP", default_value = "snapshot", value_parser = ["snapshot", "replay"])]
+    catch_up: String,
 }
 
 #[tokio::main]
@@ -50,6 +53,11 @@ async fn main() -> anyhow::Result<()> {
         pid: a.pid,
         assigned_name: a.assigned_name,
         read_wait: Duration::from_millis(a.read_wait_ms),
+        catch_up: if a.catch_up == "replay" {
+            dbaas::worker::CatchUp::Replay
+        } else {
+            dbaas::worker::CatchUp::Snapshot
+        },
     })
     .await
 }

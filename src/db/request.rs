@@ -348,12 +348,16 @@ struct RawWrite {
     clear: Option<bool>,
 }
 
+/// The most rows one insert may carry.
+pub const MAX_INSERT_ROWS: usize = 10_000;
+
 /// A validated write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteRequest {
+    /// One row (`"insert": {...}`) or several (`"insert": [{...}, ...]`), in one transaction.
     Insert {
         table: &'static str,
-        values: BTreeMap<&'static str, Scalar>,
+        rows: Vec<BTreeMap<&'static str, Scalar>>,
     },
     /// Deletes the rows matching a non-empty filter (use `Clear` to empty a table).
     Delete { table: &'static str, filter: Filter },
@@ -413,20 +417,32 @@ impl TryFrom<RawWrite> for WriteRequest {
             return bad("missing field \"table\"");
         };
         if let Some(insert) = &raw.insert {
-            let values = values(table, insert, "insert")?;
-            if let Some(missing) = table
-                .columns
-                .iter()
-                .find(|c| c.required && !values.contains_key(c.name))
-            {
-                return bad(format!(
-                    "insert into {:?} needs column {:?}",
-                    table.name, missing.name
-                ));
+            let raw_rows: Vec<&Json> = match insert {
+                Json::Array(items) if items.is_empty() => return bad("\"insert\" has no rows"),
+                Json::Array(items) if items.len() > MAX_INSERT_ROWS => {
+                    return bad(format!("\"insert\" takes at most {MAX_INSERT_ROWS} rows"))
+                }
+                Json::Array(items) => items.iter().collect(),
+                one => vec![one],
+            };
+            let mut rows = Vec::with_capacity(raw_rows.len());
+            for raw_row in raw_rows {
+                let values = values(table, raw_row, "insert")?;
+                if let Some(missing) = table
+                    .columns
+                    .iter()
+                    .find(|c| c.required && !values.contains_key(c.name))
+                {
+                    return bad(format!(
+                        "insert into {:?} needs column {:?}",
+                        table.name, missing.name
+                    ));
+                }
+                rows.push(values);
             }
             return Ok(WriteRequest::Insert {
                 table: table.name,
-                values,
+                rows,
             });
         }
         if let Some(delete) = &raw.delete {
@@ -478,9 +494,12 @@ impl From<WriteRequest> for RawWrite {
             clear: None,
         };
         match w {
-            WriteRequest::Insert { table, values } => {
+            WriteRequest::Insert { table, rows } => {
                 raw.table = Some(table.to_string());
-                raw.insert = Some(values_json(&values));
+                raw.insert = Some(match rows.as_slice() {
+                    [one] => values_json(one),
+                    many => Json::Array(many.iter().map(values_json).collect()),
+                });
             }
             WriteRequest::Delete { table, filter } => {
                 raw.table = Some(table.to_string());
@@ -616,11 +635,11 @@ mod tests {
     fn injection_in_values_is_kept_as_a_value() {
         let w = write(json!({"table": "users", "insert": {"username": "a'); DROP TABLE users; --", "password": "x"}}))
             .expect("values are data");
-        let WriteRequest::Insert { values, .. } = w else {
+        let WriteRequest::Insert { rows, .. } = w else {
             panic!("insert expected")
         };
         assert_eq!(
-            values["username"],
+            rows[0]["username"],
             Scalar::Text("a'); DROP TABLE users; --".into())
         );
     }
@@ -680,6 +699,19 @@ mod tests {
     }
 
     #[test]
+    fn multi_row_inserts_check_every_row() {
+        let e = err_text(write(
+            json!({"table": "users", "insert": [{"username": "a", "password": "b"}, {"username": "c"}]}),
+        ));
+        assert!(e.contains("needs column \"password\""), "{e}");
+        assert!(err_text(write(json!({"table": "users", "insert": []}))).contains("no rows"));
+        let many: Vec<Json> = (0..=MAX_INSERT_ROWS)
+            .map(|i| json!({"username": i.to_string(), "password": "p"}))
+            .collect();
+        assert!(err_text(write(json!({"table": "users", "insert": many}))).contains("at most"));
+    }
+
+    #[test]
     fn delete_and_update_need_a_condition() {
         assert!(
             err_text(write(json!({"table": "users", "delete": {}}))).contains("needs a condition")
@@ -698,6 +730,7 @@ mod tests {
     fn every_write_form_round_trips() {
         for body in [
             json!({"table": "users", "insert": {"username": "a", "password": "b"}}),
+            json!({"table": "users", "insert": [{"username": "a", "password": "b"}, {"username": "c", "password": "d"}]}),
             json!({"table": "rides", "delete": {"ride_id": 3}}),
             json!({"table": "users", "update": {"set": {"password": "p"}, "where": {"username": {"=": "a"}}}}),
             json!({"clear": true}),

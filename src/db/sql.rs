@@ -73,18 +73,22 @@ fn quoted<'a>(names: impl Iterator<Item = &'a str>) -> String {
 /// The statements a write runs, in order, inside one transaction.
 pub fn write(w: &WriteRequest) -> Vec<Statement> {
     match w {
-        WriteRequest::Insert { table, values } => {
-            let params: Vec<Value> = values.values().map(bind).collect();
-            let placeholders: Vec<String> = (1..=params.len()).map(|i| format!("?{i}")).collect();
-            vec![Statement {
-                sql: format!(
-                    "INSERT INTO \"{table}\" ({}) VALUES ({})",
-                    quoted(values.keys().copied()),
-                    placeholders.join(", ")
-                ),
-                params,
-            }]
-        }
+        WriteRequest::Insert { table, rows } => rows
+            .iter()
+            .map(|values| {
+                let params: Vec<Value> = values.values().map(bind).collect();
+                let placeholders: Vec<String> =
+                    (1..=params.len()).map(|i| format!("?{i}")).collect();
+                Statement {
+                    sql: format!(
+                        "INSERT INTO \"{table}\" ({}) VALUES ({})",
+                        quoted(values.keys().copied()),
+                        placeholders.join(", ")
+                    ),
+                    params,
+                }
+            })
+            .collect(),
         WriteRequest::Delete { table, filter } => {
             let mut params = Vec::new();
             let clause = where_clause(filter, &mut params);

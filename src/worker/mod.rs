@@ -41,6 +41,14 @@ pub struct Config {
     pub assigned_name: Option<String>,
     /// How long a read with `min_seq` waits for this replica to catch up.
     pub read_wait: Duration,
+    /// Join from a peer's snapshot (default) or by replaying all of `syncQ`.
+    pub catch_up: CatchUp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    Snapshot,
+    Replay,
 }
 
 /// What the worker's tasks share.
@@ -94,7 +102,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             StreamOffset::At(snap.resume_offset)
         }
         None => {
-            info!(pid, "no snapshot offered: reading syncQ from the start");
+            info!(pid, "no snapshot: reading syncQ from the start");
             StreamOffset::First
         }
     };
