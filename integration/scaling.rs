@@ -34,10 +34,14 @@ async fn the_slave_pool_follows_the_read_rate() {
     .await;
     let (_, before) = o.get_json("/api/v1/scaler").await;
     assert_eq!(before["timer_started"], false);
-    // Writes, listings and a refused crash are not counted.
+    // Writes, listings, status and crash calls are not counted.
     o.insert_user("w").await;
     o.get_json("/api/v1/worker/list").await;
-    assert_eq!(o.get_json("/api/v1/scaler").await.1["reads"], 0);
+    let (status, _) = o.post_json("/api/v1/crash/slave", &Value::Null).await;
+    assert_eq!(status, 200);
+    o.wait_for_workers(1).await;
+    let (_, scaler) = o.get_json("/api/v1/scaler").await;
+    assert_eq!((scaler["reads"].as_u64(), scaler["timer_started"].as_bool()), (Some(0), Some(false)));
 
     for _ in 0..45 {
         read_ok(&o).await;
@@ -78,17 +82,19 @@ async fn the_slave_pool_follows_the_read_rate() {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let stops = events
+    let what: Vec<&str> = events.iter().filter_map(|e| e["what"].as_str()).collect();
+    let stopped: Vec<&str> = what
         .iter()
-        .filter(|e| e["what"].as_str().unwrap_or("").contains("scale in"))
-        .count();
-    assert_eq!(stops, 2, "{events:?}");
-    assert!(
-        !events
-            .iter()
-            .any(|e| e["what"].as_str().unwrap_or("").contains("died")),
-        "a scale-in stop was taken for a crash: {events:?}"
-    );
+        .filter(|w| w.contains("scale in"))
+        .filter_map(|w| w.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(stopped.len(), 2, "{what:?}");
+    for pid in stopped {
+        assert!(
+            !what.iter().any(|w| w.starts_with(&format!("worker {pid} died"))),
+            "the scale-in stop of {pid} was taken for a crash: {what:?}"
+        );
+    }
     let started_before = events
         .iter()
         .filter(|e| e["what"].as_str().unwrap_or("").starts_with("started"))
