@@ -41,7 +41,10 @@ async fn the_slave_pool_follows_the_read_rate() {
     assert_eq!(status, 200);
     o.wait_for_workers(1).await;
     let (_, scaler) = o.get_json("/api/v1/scaler").await;
-    assert_eq!((scaler["reads"].as_u64(), scaler["timer_started"].as_bool()), (Some(0), Some(false)));
+    assert_eq!(
+        (scaler["reads"].as_u64(), scaler["timer_started"].as_bool()),
+        (Some(0), Some(false))
+    );
 
     for _ in 0..45 {
         read_ok(&o).await;
@@ -91,7 +94,9 @@ async fn the_slave_pool_follows_the_read_rate() {
     assert_eq!(stopped.len(), 2, "{what:?}");
     for pid in stopped {
         assert!(
-            !what.iter().any(|w| w.starts_with(&format!("worker {pid} died"))),
+            !what
+                .iter()
+                .any(|w| w.starts_with(&format!("worker {pid} died"))),
             "the scale-in stop of {pid} was taken for a crash: {what:?}"
         );
     }

@@ -12,6 +12,7 @@
 //! - [`coord`]: ZooKeeper layout, worker records and the election rule.
 //! - [`db`]: the schema, the typed request model, the only SQL, and a worker's store.
 //! - [`rideshare`]: the users and rides microservices, clients of the DBaaS.
+//! - [`prometheus`]: the orchestrator's Prometheus metrics.
 //! - [`telemetry`]: logging setup shared by the binaries.
 
 pub mod actors;
@@ -20,6 +21,7 @@ pub mod coord;
 pub mod db;
 pub mod http;
 pub mod orchestrator;
+pub mod prometheus;
 pub mod rideshare;
 pub mod runtime;
 pub mod telemetry;

@@ -68,6 +68,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     broker::declare_topology(&conn.create_channel().await?).await?;
     let zk = coord::connect(&config.zk_hosts, config.zk_session_timeout, PATIENCE).await?;
 
+    let metrics = crate::prometheus::install()
+        .map_err(|e| warn!(error = %e, "metrics disabled"))
+        .ok();
     let waiter = RpcWaiter::default().start();
     let dispatcher = Dispatcher::new(AmqpPublisher {
         reads: conn.create_channel().await?,
@@ -154,13 +157,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         supervisor: supervisor.clone(),
         scaler,
         timeout: config.request_timeout,
+        metrics,
     });
-    let server =
-        HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
-            .disable_signals()
-            .shutdown_timeout(10)
-            .bind(&config.bind)?
-            .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(actix_web::middleware::from_fn(http::observe::observe))
+            .configure(http::routes)
+    })
+    .disable_signals()
+    .shutdown_timeout(10)
+    .bind(&config.bind)?
+    .run();
     let handle = server.handle();
     info!(bind = %config.bind, "orchestrator serving HTTP");
     let served = actix::spawn(server);

@@ -10,7 +10,8 @@ use actix::prelude::*;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel};
 
-use crate::broker::{self, RESPONSE_Q};
+use crate::broker::{self, REQUEST_ID_HEADER, RESPONSE_Q};
+use lapin::types::{AMQPValue, FieldTable};
 
 /// Publish one request; resolves once the broker has it (confirmed for writes).
 #[derive(Message, Debug, Clone)]
@@ -22,6 +23,8 @@ pub struct Publish {
     /// Persistent and confirmed (writes), or transient with an expiry (reads).
     pub durable: bool,
     pub expires_after: Duration,
+    /// Carried to the worker in the `x-request-id` header, for its logs.
+    pub request_id: String,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -47,13 +50,23 @@ impl Publisher for AmqpPublisher {
         &self,
         msg: Publish,
     ) -> futures_util::future::BoxFuture<'static, Result<(), PublishError>> {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            REQUEST_ID_HEADER.into(),
+            AMQPValue::LongString(msg.request_id.clone().into()),
+        );
         let props = BasicProperties::default()
             .with_correlation_id(msg.correlation_id.clone().into())
             .with_reply_to(RESPONSE_Q.into())
-            .with_content_type("application/json".into());
-        if msg.durable {
-            let channel = self.writes.clone();
-            Box::pin(async move {
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        let (channel, durable) = if msg.durable {
+            (self.writes.clone(), true)
+        } else {
+            (self.reads.clone(), false)
+        };
+        Box::pin(async move {
+            let res = if durable {
                 broker::publish_confirmed(
                     &channel,
                     msg.queue,
@@ -62,12 +75,8 @@ impl Publisher for AmqpPublisher {
                     Duration::from_secs(10),
                 )
                 .await
-                .map_err(|e| PublishError(e.to_string()))
-            })
-        } else {
-            let channel = self.reads.clone();
-            let props = props.with_expiration(msg.expires_after.as_millis().to_string().into());
-            Box::pin(async move {
+            } else {
+                let props = props.with_expiration(msg.expires_after.as_millis().to_string().into());
                 channel
                     .basic_publish(
                         "".into(),
@@ -78,9 +87,16 @@ impl Publisher for AmqpPublisher {
                     )
                     .await
                     .map(|_| ())
-                    .map_err(|e| PublishError(e.to_string()))
-            })
-        }
+                    .map_err(anyhow::Error::from)
+            };
+            let outcome = match (&res, durable) {
+                (Err(_), _) => "failed",
+                (Ok(()), true) => "confirmed",
+                (Ok(()), false) => "sent",
+            };
+            crate::prometheus::publish(msg.queue, outcome);
+            res.map_err(|e| PublishError(e.to_string()))
+        })
     }
 }
 

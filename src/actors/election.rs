@@ -69,14 +69,13 @@ pub struct ForgetWorker(pub u32);
 pub struct Election {
     view: Membership,
     forgotten: BTreeSet<u32>,
+    /// Since when there has been no master (for the election duration metric).
+    masterless_since: Option<std::time::Instant>,
 }
 
 impl Election {
     pub fn new() -> Self {
-        Election {
-            view: Membership::default(),
-            forgotten: BTreeSet::new(),
-        }
+        Election::default()
     }
 
     fn visible(&self, mut m: Membership) -> Membership {
@@ -101,7 +100,14 @@ impl Handler<Membership> for Election {
         let m = self.visible(m);
         if m.master_pid() != self.view.master_pid() {
             info!(master = ?m.master_pid(), epoch = ?m.master.map(|x| x.epoch), "master changed");
+            match m.master_pid() {
+                None => self.masterless_since = Some(std::time::Instant::now()),
+                Some(_) => {
+                    crate::prometheus::election(self.masterless_since.take().map(|t| t.elapsed()))
+                }
+            }
         }
+        crate::prometheus::membership(&m);
         if m.pids() != self.view.pids() {
             info!(workers = ?m.pids(), "workers changed");
         }
@@ -120,7 +126,11 @@ impl Handler<ForgetWorker> for Election {
     type Result = ();
     fn handle(&mut self, ForgetWorker(pid): ForgetWorker, _: &mut Context<Self>) {
         self.forgotten.insert(pid);
+        let had_master = self.view.master_pid().is_some();
         self.view = self.visible(self.view.clone());
+        if had_master && self.view.master_pid().is_none() {
+            self.masterless_since = Some(std::time::Instant::now());
+        }
     }
 }
 

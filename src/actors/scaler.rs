@@ -107,6 +107,7 @@ impl Handler<Tick> for Scaler {
         while self.decisions.len() > 50 {
             self.decisions.pop_front();
         }
+        crate::prometheus::scaler_decision(self.reads, slaves);
         self.reads = 0;
         self.supervisor.do_send(SetSlaves(slaves));
     }

@@ -15,6 +15,7 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use super::election::{ForgetWorker, Membership};
+use crate::prometheus;
 use crate::runtime::WorkerRuntime;
 
 /// Which worker the crash API kills.
@@ -89,6 +90,8 @@ pub struct ContainerSupervisor {
     stopping: BTreeSet<u32>,
     /// Known dead but maybe still listed by ZooKeeper.
     dead: BTreeSet<u32>,
+    /// Being killed by the crash API.
+    crashing: BTreeSet<u32>,
     events: VecDeque<SupervisorEvent>,
     /// No decision before the first membership: registered workers are adopted, not duplicated.
     seen_membership: bool,
@@ -108,6 +111,7 @@ impl ContainerSupervisor {
             starting: HashMap::new(),
             stopping: BTreeSet::new(),
             dead: BTreeSet::new(),
+            crashing: BTreeSet::new(),
             events: VecDeque::new(),
             seen_membership: false,
             shutting_down: false,
@@ -189,6 +193,7 @@ impl ContainerSupervisor {
                 });
             }
             Ok(pid) => {
+                prometheus::worker_started();
                 act.starting.insert(pid, Instant::now());
                 act.event(format!("started worker {pid}"));
             }
@@ -218,12 +223,24 @@ impl ContainerSupervisor {
     /// Records `pid` as gone: hides it at once and removes its znodes.
     fn mark_dead(&mut self, pid: u32, ctx: &mut Context<Self>) {
         let on_purpose = self.stopping.remove(&pid);
+        let crashed = self.crashing.remove(&pid);
         self.starting.remove(&pid);
         if !self.dead.insert(pid) {
             return;
         }
-        if !on_purpose {
-            self.event(format!("worker {pid} died; replacing it"));
+        let cause = match (self.shutting_down, on_purpose, crashed) {
+            (true, _, _) => "shutdown",
+            (_, true, _) => "scale_in",
+            (_, _, true) => "crash_api",
+            _ => "died",
+        };
+        prometheus::worker_stopped(cause);
+        match cause {
+            "crash_api" => self.event(format!(
+                "worker {pid} killed by the crash API; replacing it"
+            )),
+            "died" => self.event(format!("worker {pid} died; replacing it")),
+            _ => {}
         }
         if let Some(e) = &self.election {
             e.do_send(ForgetWorker(pid));
@@ -311,18 +328,21 @@ impl Handler<Crash> for ContainerSupervisor {
             };
             return Box::pin(fut::ready(Err(CrashError::NoTarget(what))));
         };
+        self.crashing.insert(pid);
         let runtime = self.runtime.clone();
         Box::pin(async move { runtime.kill(pid).await }.into_actor(self).map(
             move |res, act, ctx| match res {
                 Ok(()) => {
-                    act.event(format!("crash API killed {target:?} {pid}"));
                     act.mark_dead(pid, ctx);
                     Ok(pid)
                 }
-                Err(e) => Err(CrashError::Runtime {
-                    pid,
-                    reason: e.to_string(),
-                }),
+                Err(e) => {
+                    act.crashing.remove(&pid);
+                    Err(CrashError::Runtime {
+                        pid,
+                        reason: e.to_string(),
+                    })
+                }
             },
         ))
     }

@@ -20,6 +20,22 @@ pub const READ_Q: &str = "readQ";
 pub const WRITE_Q: &str = "writeQ";
 pub const SYNC_Q: &str = "syncQ";
 pub const RESPONSE_Q: &str = "responseQ";
+/// AMQP header carrying the HTTP request id to the worker.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The request id a delivery carries, if any.
+pub fn request_id(props: &lapin::BasicProperties) -> Option<String> {
+    match props
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(&ShortString::from(REQUEST_ID_HEADER))?
+    {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
 /// Snapshot requests from joining replicas, served by any caught-up worker.
 pub const SNAPSHOT_Q: &str = "snapshotQ";
 /// Strong reads, served by the master alone (an extra queue, as the spec allows).

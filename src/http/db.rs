@@ -41,7 +41,8 @@ pub async fn read(
     };
     let message = serde_json::to_vec(&ReadMessage { request })
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    match rpc::call(&state, queue, message, false).await? {
+    let id = super::observe::request_id(&req);
+    match rpc::call(&state, queue, message, false, &id).await? {
         Reply::Read(outcome) => Ok(HttpResponse::Ok().json(outcome)),
         Reply::Error(e) => Err(rpc::worker_error(e.status, e.error)),
         Reply::Write(_) => Err(ApiError::internal("a read got a write's reply")),
@@ -86,7 +87,8 @@ async fn submit_write(
     };
     let message = serde_json::to_vec(&WriteMessage { write_id, request })
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    match rpc::call(state, WRITE_Q, message, true).await? {
+    let id = super::observe::request_id(req);
+    match rpc::call(state, WRITE_Q, message, true, &id).await? {
         Reply::Write(outcome) => Ok(outcome),
         Reply::Error(e) => Err(rpc::worker_error(e.status, e.error)),
         Reply::Read(_) => Err(ApiError::internal("a write got a read's reply")),

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod db;
 pub mod error;
+pub mod observe;
 pub mod rpc;
 pub mod workers;
 
@@ -28,6 +29,8 @@ pub struct AppState {
     pub supervisor: Addr<ContainerSupervisor>,
     pub scaler: Addr<Scaler>,
     pub timeout: Duration,
+    /// Renders `/metrics` (None: no recorder installed).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// A resource that serves `method` and answers 405 to everything else.
@@ -70,6 +73,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(workers::scaler),
             "GET",
         ))
+        .service(only("/metrics", web::get().to(observe::metrics), "GET"))
+        .service(only("/", web::get().to(observe::status_page), "GET"))
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::new(StatusCode::NOT_FOUND, "no such route"))
         }));

@@ -20,6 +20,7 @@ pub async fn call(
     queue: &'static str,
     body: Vec<u8>,
     durable: bool,
+    request_id: &str,
 ) -> Result<Reply, ApiError> {
     let correlation_id = uuid::Uuid::new_v4().to_string();
     let (tx, rx) = oneshot::channel();
@@ -38,6 +39,7 @@ pub async fn call(
             body,
             durable,
             expires_after: state.timeout,
+            request_id: request_id.to_string(),
         })
         .await;
     let forget = || {
@@ -61,6 +63,7 @@ pub async fn call(
         Ok(Err(_)) => Err(ApiError::internal("reply channel closed")),
         Err(_) => {
             forget();
+            crate::prometheus::rpc_timeout(queue);
             Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 timeout_message(durable, state.timeout),

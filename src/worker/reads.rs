@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::WorkerState;
 use crate::broker;
@@ -42,7 +42,13 @@ pub async fn start(
             let state = state.clone();
             let replies = replies.clone();
             tokio::spawn(async move {
+                let request_id = broker::request_id(&delivery.properties).unwrap_or_default();
                 let reply = answer(&state, &delivery.data, read_wait).await;
+                debug!(
+                    request_id,
+                    ok = !matches!(reply, Reply::Error(_)),
+                    "served read"
+                );
                 if let Err(e) = broker::reply(&replies, &delivery.properties, &reply).await {
                     warn!(error = %e, "could not send read reply");
                 }

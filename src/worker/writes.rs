@@ -36,6 +36,7 @@ pub async fn run(conn: &Connection, state: WorkerState, epoch: u64) -> anyhow::R
         .await?;
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
+        let request_id = broker::request_id(&delivery.properties).unwrap_or_default();
         let reply = match serde_json::from_slice::<WriteMessage>(&delivery.data) {
             Err(e) => Reply::Error(ErrorReply::bad_request(e.to_string())),
             Ok(msg) => match state.replica.commit(msg.write_id, epoch, msg.request).await {
@@ -51,7 +52,7 @@ pub async fn run(conn: &Connection, state: WorkerState, epoch: u64) -> anyhow::R
                     )
                     .await
                     .map_err(|e| anyhow::anyhow!("publishing seq {seq} on syncQ: {e}"))?;
-                    debug!(seq, "committed and published");
+                    debug!(seq, request_id, "committed and published");
                     Reply::Write(outcome)
                 }
                 Ok(Commit::Duplicate(outcome)) => {

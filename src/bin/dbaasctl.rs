@@ -1,0 +1,237 @@
+//! `dbaasctl`: the operator's command line for a running orchestrator.
+//!
+//! ```text
+//! dbaasctl workers                  pid, role, applied seq, lag, age
+//! dbaasctl status                   master, scaler, recent events
+//! dbaasctl crash master|slave       kill a worker through the crash API
+//! dbaasctl read '{"table":"users"}' run a read, print the rows as a table
+//! dbaasctl write '{...}'            run a write, print its seq
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Operate a RideShare DBaaS orchestrator")]
+struct Args {
+    /// The orchestrator's base URL.
+    #[arg(long, env = "DBAAS_URL", default_value = "http://127.0.0.1:8000")]
+    url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the workers: pid, role, applied sequence number, lag, age.
+    Workers,
+    /// Master, epoch, scaler state and recent supervisor events.
+    Status,
+    /// Kill the master, or the slave with the highest pid.
+    Crash {
+        #[arg(value_parser = ["master", "slave"])]
+        which: String,
+    },
+    /// Run a read (JSON body of POST /api/v1/db/read) and print the rows.
+    Read { body: String },
+    /// Run a write (JSON body of POST /api/v1/db/write).
+    Write { body: String },
+}
+
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<String>,
+) -> Result<Value, String> {
+    let mut req = http.request(method, &url).timeout(Duration::from_secs(30));
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b);
+    }
+    let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+    let status = resp.status();
+    let value: Value = resp.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{status}: {}",
+            value["error"].as_str().unwrap_or("(no message)")
+        ))
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "null".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows of objects as an aligned table.
+fn table(header: &[String], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = header
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+                .max(h.len())
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(header));
+    for r in rows {
+        println!("{}", line(r));
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let http = reqwest::Client::new();
+    let base = args.url.trim_end_matches('/').to_string();
+    match args.command {
+        Command::Workers => {
+            let s = call(
+                &http,
+                reqwest::Method::GET,
+                format!("{base}/api/v1/worker/status"),
+                None,
+            )
+            .await?;
+            let rows: Vec<Vec<String>> = s["workers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|w| {
+                    vec![
+                        cell(&w["pid"]),
+                        cell(&w["role"]),
+                        cell(&w["seq"]),
+                        cell(&w["lag"]),
+                        format!("{:.0}s", w["age_ms"].as_f64().unwrap_or(0.0) / 1000.0),
+                    ]
+                })
+                .collect();
+            table(
+                &["PID", "ROLE", "SEQ", "LAG", "AGE"].map(String::from),
+                &rows,
+            );
+        }
+        Command::Status => {
+            let s = call(
+                &http,
+                reqwest::Method::GET,
+                format!("{base}/api/v1/worker/status"),
+                None,
+            )
+            .await?;
+            println!(
+                "master {}  epoch {}  workers {}",
+                cell(&s["master"]),
+                cell(&s["epoch"]),
+                s["workers"].as_array().map_or(0, Vec::len)
+            );
+            let sc = &s["scaler"];
+            println!(
+                "scaler: {} reads this interval, {} slave(s) wanted, next decision {}",
+                cell(&sc["reads"]),
+                cell(&s["supervisor"]["desired_slaves"]),
+                sc["next_tick_in_ms"].as_u64().map_or(
+                    "after the first read".to_string(),
+                    |ms| format!("in {}s", ms.div_ceil(1000))
+                )
+            );
+            for e in s["supervisor"]["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .rev()
+                .take(10)
+            {
+                println!("  {}", cell(&e["what"]));
+            }
+        }
+        Command::Crash { which } => {
+            let v = call(
+                &http,
+                reqwest::Method::POST,
+                format!("{base}/api/v1/crash/{which}"),
+                None,
+            )
+            .await?;
+            println!("killed {which} {}", cell(&v[0]));
+        }
+        Command::Read { body } => {
+            let v = call(
+                &http,
+                reqwest::Method::POST,
+                format!("{base}/api/v1/db/read"),
+                Some(body),
+            )
+            .await?;
+            let rows = v["rows"].as_array().cloned().unwrap_or_default();
+            let header: Vec<String> = rows
+                .first()
+                .and_then(Value::as_object)
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| header.iter().map(|h| cell(&r[h])).collect())
+                .collect();
+            if !header.is_empty() {
+                table(&header, &cells);
+            }
+            println!(
+                "({} row(s), replica seq {}, worker {})",
+                rows.len(),
+                cell(&v["seq"]),
+                cell(&v["worker"])
+            );
+        }
+        Command::Write { body } => {
+            let v = call(
+                &http,
+                reqwest::Method::POST,
+                format!("{base}/api/v1/db/write"),
+                Some(body),
+            )
+            .await?;
+            println!(
+                "seq {}, {} row(s) affected{}",
+                cell(&v["seq"]),
+                cell(&v["rows_affected"]),
+                v["last_insert_id"]
+                    .as_i64()
+                    .map_or(String::new(), |id| format!(", id {id}"))
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dbaasctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
