@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{params_from_iter, Connection, OptionalExtension, Transaction};
+use rusqlite::{params_from_iter, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
@@ -171,34 +171,60 @@ impl Store {
         epoch: u64,
         request: &WriteRequest,
     ) -> Result<Commit, DbError> {
-        let tx = self.conn.transaction()?;
-        let earlier: Option<String> = tx
-            .query_row(
-                "SELECT outcome FROM _writes WHERE write_id = ?1",
-                [write_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(outcome) = earlier {
-            let outcome = serde_json::from_str(&outcome)
-                .map_err(|e| DbError::Internal(format!("stored outcome: {e}")))?;
-            return Ok(Commit::Duplicate(outcome));
+        let mut results = self.commit_batch(epoch, &[(write_id.to_string(), request.clone())])?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(DbError::Internal("empty batch result".into())))
+    }
+
+    /// Master side, group commit: applies a batch of writes in one SQLite
+    /// transaction, each in its own savepoint, so a write that fails (a
+    /// constraint) is rolled back alone and uses no sequence number, while the
+    /// others share one durable commit. Results are in the batch's order.
+    pub fn commit_batch(
+        &mut self,
+        epoch: u64,
+        writes: &[(String, WriteRequest)],
+    ) -> Result<Vec<Result<Commit, DbError>>, DbError> {
+        let epoch = self.epoch.max(epoch);
+        let mut seq = self.seq;
+        let mut results = Vec::with_capacity(writes.len());
+        let mut tx = self.conn.transaction()?;
+        for (write_id, request) in writes {
+            let earlier: Option<String> = tx
+                .prepare_cached("SELECT outcome FROM _writes WHERE write_id = ?1")?
+                .query_row([write_id], |r| r.get(0))
+                .optional()?;
+            if let Some(outcome) = earlier {
+                let outcome = serde_json::from_str(&outcome)
+                    .map_err(|e| DbError::Internal(format!("stored outcome: {e}")))?;
+                results.push(Ok(Commit::Duplicate(outcome)));
+                continue;
+            }
+            let sp = tx.savepoint()?;
+            match apply(&sp, write_id, seq + 1, request) {
+                Ok(outcome) => {
+                    sp.commit()?;
+                    seq += 1;
+                    let entry = LogEntry {
+                        seq,
+                        epoch,
+                        write_id: write_id.clone(),
+                        request: request.clone(),
+                    };
+                    results.push(Ok(Commit::New(entry, outcome)));
+                }
+                // Dropping the savepoint rolls this write back alone.
+                Err(e) => results.push(Err(e)),
+            }
         }
-        let seq = self.seq + 1;
-        let outcome = apply(&tx, write_id, seq, request)?;
         if epoch > self.epoch {
             set_meta(&tx, EPOCH, epoch)?;
         }
         tx.commit()?;
         self.seq = seq;
-        self.epoch = self.epoch.max(epoch);
-        let entry = LogEntry {
-            seq,
-            epoch: self.epoch,
-            write_id: write_id.to_string(),
-            request: request.clone(),
-        };
-        Ok(Commit::New(entry, outcome))
+        self.epoch = epoch;
+        Ok(results)
     }
 
     /// Replica side: applies one entry from `syncQ` strictly in sequence order.
@@ -277,7 +303,7 @@ impl Store {
 }
 
 fn apply(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     write_id: &str,
     seq: u64,
     request: &WriteRequest,
@@ -361,6 +387,35 @@ mod tests {
         let (e2, _) = committed(s.commit("w2", 1, &user("b")).expect("commit"));
         assert_eq!(e2.seq, 2);
         assert_eq!(s.seq(), 2);
+    }
+
+    #[test]
+    fn a_batch_shares_one_commit_and_a_failure_stays_alone() {
+        let mut s = Store::open_in_memory().expect("db");
+        s.commit("w0", 1, &user("a")).expect("commit");
+        let batch = vec![
+            ("w1".to_string(), user("b")),
+            ("w2".to_string(), user("a")), // duplicate username: fails alone
+            ("w3".to_string(), user("c")),
+            ("w1".to_string(), user("b")), // same write id again within the batch
+            ("w0".to_string(), user("a")), // redelivery of an earlier write
+        ];
+        let results = s.commit_batch(1, &batch).expect("batch");
+        let seqs: Vec<String> = results
+            .iter()
+            .map(|r| match r {
+                Ok(Commit::New(e, _)) => format!("new {}", e.seq),
+                Ok(Commit::Duplicate(o)) => format!("dup {}", o.seq),
+                Err(DbError::Constraint(_)) => "conflict".into(),
+                Err(e) => format!("{e}"),
+            })
+            .collect();
+        assert_eq!(seqs, vec!["new 2", "conflict", "new 3", "dup 2", "dup 1"]);
+        assert_eq!(s.seq(), 3);
+        let names = s
+            .read(&r(r#"{"table":"users","count":true}"#))
+            .expect("count");
+        assert_eq!(names.rows[0]["count"], 3);
     }
 
     #[test]

@@ -74,6 +74,15 @@ impl Replica {
             .await
     }
 
+    pub async fn commit_batch(
+        &self,
+        epoch: u64,
+        writes: Vec<(String, WriteRequest)>,
+    ) -> Result<Vec<Result<Commit, DbError>>, DbError> {
+        self.with_store(move |s| s.commit_batch(epoch, &writes))
+            .await
+    }
+
     pub async fn apply_sync(&self, entry: LogEntry) -> Result<SyncApplied, DbError> {
         self.with_store(move |s| s.apply_sync(&entry)).await
     }

@@ -1,12 +1,14 @@
-//! The master's write service: consumes `writeQ` one message at a time (so the
-//! commit order is the sequence order), commits, publishes the entry on `syncQ`
-//! and waits for the broker's confirm, then answers and only then acks. A write
+//! The master's write service, with group commit: it takes every write already
+//! delivered from `writeQ` (up to [`MAX_BATCH`], never waiting for more), commits
+//! them in one SQLite transaction (each in its own savepoint, in delivery order,
+//! which is the sequence order), publishes their entries on `syncQ` pipelined and
+//! waits for all the broker's confirms, then answers and acks each. A write
 //! redelivered after a crash is recognised by its write id and not applied twice.
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 use tracing::{debug, warn};
@@ -16,14 +18,15 @@ use crate::broker::messages::{ErrorReply, Reply, SyncMessage, WriteMessage};
 use crate::broker::{self, SYNC_Q, WRITE_Q};
 use crate::db::Commit;
 
-const PREFETCH: u16 = 64;
+/// Writes committed together at most; also the prefetch on `writeQ`.
+pub const MAX_BATCH: usize = 64;
 const CONFIRM_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Consumes `writeQ` until the consumer ends or publishing to `syncQ` fails; either
 /// way the error is returned and the worker stops (a write committed here but not
 /// published must not be answered from this copy again).
 pub async fn run(conn: &Connection, state: WorkerState, epoch: u64) -> anyhow::Result<()> {
-    let channel = broker::consumer_channel(conn, PREFETCH).await?;
+    let channel = broker::consumer_channel(conn, MAX_BATCH as u16).await?;
     let sync = broker::confirmed_channel(conn).await?;
     let replies = conn.create_channel().await?;
     let mut consumer = channel
@@ -34,41 +37,96 @@ pub async fn run(conn: &Connection, state: WorkerState, epoch: u64) -> anyhow::R
             FieldTable::default(),
         )
         .await?;
-    while let Some(delivery) = consumer.next().await {
-        let delivery = delivery?;
-        let request_id = broker::request_id(&delivery.properties).unwrap_or_default();
-        let reply = match serde_json::from_slice::<WriteMessage>(&delivery.data) {
-            Err(e) => Reply::Error(ErrorReply::bad_request(e.to_string())),
-            Ok(msg) => match state.replica.commit(msg.write_id, epoch, msg.request).await {
-                Ok(Commit::New(entry, outcome)) => {
-                    let seq = entry.seq;
-                    let body = serde_json::to_vec(&SyncMessage::Entry(entry))?;
-                    broker::publish_confirmed(
-                        &sync,
-                        SYNC_Q,
-                        &body,
-                        BasicProperties::default(),
-                        CONFIRM_PATIENCE,
-                    )
-                    .await
-                    .map_err(|e| anyhow::anyhow!("publishing seq {seq} on syncQ: {e}"))?;
-                    debug!(seq, request_id, "committed and published");
-                    Reply::Write(outcome)
-                }
-                Ok(Commit::Duplicate(outcome)) => {
-                    debug!(
-                        seq = outcome.seq,
-                        "redelivered write answered from its first outcome"
-                    );
-                    Reply::Write(outcome)
-                }
-                Err(e) => Reply::Error(e.into()),
-            },
-        };
-        if let Err(e) = broker::reply(&replies, &delivery.properties, &reply).await {
-            warn!(error = %e, "could not send write reply");
+    while let Some(first) = consumer.next().await {
+        let mut batch = vec![first?];
+        while batch.len() < MAX_BATCH {
+            match consumer.next().now_or_never() {
+                Some(Some(delivery)) => batch.push(delivery?),
+                _ => break,
+            }
         }
-        delivery.ack(BasicAckOptions::default()).await?;
+        // Parse; unreadable messages are answered with 400 and take no part.
+        let mut replies_out: Vec<Option<Reply>> = Vec::with_capacity(batch.len());
+        let mut writes = Vec::new();
+        for delivery in &batch {
+            match serde_json::from_slice::<WriteMessage>(&delivery.data) {
+                Ok(msg) => {
+                    writes.push((msg.write_id, msg.request));
+                    replies_out.push(None);
+                }
+                Err(e) => {
+                    replies_out.push(Some(Reply::Error(ErrorReply::bad_request(e.to_string()))))
+                }
+            }
+        }
+        let results = state.replica.commit_batch(epoch, writes).await?;
+
+        // Publish every new entry, then wait for all the confirms together.
+        let mut confirms = Vec::new();
+        let mut last_seq = 0;
+        for result in &results {
+            if let Ok(Commit::New(entry, _)) = result {
+                last_seq = entry.seq;
+                let body = serde_json::to_vec(&SyncMessage::Entry(entry.clone()))?;
+                let props = BasicProperties::default().with_delivery_mode(2);
+                confirms.push(
+                    sync.basic_publish(
+                        "".into(),
+                        SYNC_Q.into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        props,
+                    )
+                    .await?,
+                );
+            }
+        }
+        let published = confirms.len();
+        let confirmed =
+            tokio::time::timeout(CONFIRM_PATIENCE, futures_util::future::join_all(confirms))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "no confirm from the broker for syncQ within {CONFIRM_PATIENCE:?}"
+                    )
+                })?;
+        for c in confirmed {
+            let c = c?;
+            if !c.is_ack() {
+                return Err(anyhow::anyhow!(
+                    "broker refused a syncQ entry (batch up to seq {last_seq}): {c:?}"
+                ));
+            }
+        }
+        if published > 0 {
+            debug!(
+                batch = batch.len(),
+                published, last_seq, "group committed and published"
+            );
+        }
+
+        let mut results = results.into_iter();
+        for (delivery, reply) in batch.iter().zip(replies_out) {
+            let reply = match reply {
+                Some(r) => r,
+                None => match results.next() {
+                    Some(Ok(Commit::New(_, outcome))) | Some(Ok(Commit::Duplicate(outcome))) => {
+                        Reply::Write(outcome)
+                    }
+                    Some(Err(e)) => Reply::Error(e.into()),
+                    None => Reply::Error(ErrorReply {
+                        status: 500,
+                        error: "missing batch result".into(),
+                    }),
+                },
+            };
+            let request_id = broker::request_id(&delivery.properties).unwrap_or_default();
+            debug!(request_id, "write answered");
+            if let Err(e) = broker::reply(&replies, &delivery.properties, &reply).await {
+                warn!(error = %e, "could not send write reply");
+            }
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
     }
     Err(anyhow::anyhow!("writeQ consumer ended"))
 }
