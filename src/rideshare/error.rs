@@ -1,42 +1,7 @@
-//! The one error type the RideShare handlers return: a status and a message,
-//! rendered as `{"error": "..."}`.
+//! The RideShare handlers' error: the same JSON error type as the DBaaS API
+//! (`{"error": "..."}` with a status), plus how validation failures map to it.
 
-use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, ResponseError};
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
-    }
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
-    }
-}
-
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.status
-    }
-    fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(serde_json::json!({ "error": self.message }))
-    }
-}
+pub use crate::http::error::ApiError;
 
 impl From<crate::rideshare::validate::Invalid> for ApiError {
     fn from(e: crate::rideshare::validate::Invalid) -> Self {

@@ -4,11 +4,11 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, Route};
-use futures_util::StreamExt;
 use serde_json::Value as Json;
 
 use super::error::ApiError;
 use super::validate::Fields;
+use crate::http::body::BodyError;
 
 /// The largest request body accepted; larger ones get a clean 400.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -16,24 +16,15 @@ pub const MAX_BODY: usize = 256 * 1024;
 /// Reads the body and parses it as form fields when it is
 /// `application/x-www-form-urlencoded`, as a JSON object otherwise. An empty
 /// body is an empty object (so a missing field is reported by name).
-pub async fn read_fields(req: &HttpRequest, mut payload: web::Payload) -> Result<Fields, ApiError> {
-    let too_large = || ApiError::bad_request(format!("body larger than {MAX_BODY} bytes"));
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(too_large());
-    }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
+pub async fn read_fields(req: &HttpRequest, payload: web::Payload) -> Result<Fields, ApiError> {
+    let body = crate::http::body::read_limited(req, payload, MAX_BODY)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge => {
+                ApiError::bad_request(format!("body larger than {MAX_BODY} bytes"))
+            }
+            BodyError::Broken(e) => ApiError::bad_request(format!("reading body: {e}")),
+        })?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Fields::new());
     }
