@@ -64,16 +64,6 @@ impl Replica {
         self.with_store(move |s| s.read(&request)).await
     }
 
-    pub async fn commit(
-        &self,
-        write_id: String,
-        epoch: u64,
-        request: WriteRequest,
-    ) -> Result<Commit, DbError> {
-        self.with_store(move |s| s.commit(&write_id, epoch, &request))
-            .await
-    }
-
     pub async fn commit_batch(
         &self,
         epoch: u64,
@@ -94,10 +84,6 @@ impl Replica {
     /// Online backup of this copy to `path`: (seq, epoch) it holds.
     pub async fn backup_to(&self, path: std::path::PathBuf) -> Result<(u64, u64), DbError> {
         self.with_store(move |s| s.backup_to(&path)).await
-    }
-
-    pub async fn checksum(&self) -> Result<String, DbError> {
-        self.with_store(|s| s.checksum()).await
     }
 
     /// Waits until this replica has applied `seq`; false if `patience` ran out first.
