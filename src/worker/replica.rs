@@ -52,10 +52,6 @@ impl Replica {
         *self.applied.borrow()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.applied.subscribe()
-    }
-
     pub async fn epoch(&self) -> Result<u64, DbError> {
         self.with_store(|s| Ok(s.epoch())).await
     }
