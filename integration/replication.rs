@@ -232,3 +232,144 @@ async fn a_new_slave_catches_up_from_a_snapshot() {
     assert_eq!(body["rows"][0]["count"], 1000);
     assert_eq!(body["worker"].as_u64(), Some(new));
 }
+
+fn signal(pid: u64, sig: i32) {
+    let pid = i32::try_from(pid).expect("pid fits");
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) };
+}
+
+#[tokio::test]
+async fn a_master_paused_past_its_session_acknowledges_nothing_and_loses_nothing() {
+    let o = Arc::new(
+        Orchestrator::start(
+            "paused",
+            Options {
+                request_timeout_ms: 20_000,
+                ..Options::default()
+            },
+        )
+        .await,
+    );
+    let s = o.status().await;
+    let old = s["master"].as_u64().expect("master");
+    let successor = slave_pids(&s)[0];
+    signal(old, libc::SIGSTOP);
+
+    // A write sent while the master is frozen: its delivery sits with the old master.
+    let writer = {
+        let o = o.clone();
+        tokio::spawn(async move {
+            o.write(json!({"table": "users", "insert": {"username": "written-while-paused", "password": "p"}}))
+                .await
+        })
+    };
+    // Its session expires and the slave takes over.
+    wait_until("the slave takes over", Duration::from_secs(30), || async {
+        (o.master_pid().await == Some(successor)).then_some(())
+    })
+    .await
+    .expect("failover from a paused master");
+
+    // Resumed, the old master must stop instead of acknowledging anything.
+    signal(old, libc::SIGCONT);
+    wait_until("the old master exits", Duration::from_secs(20), || async {
+        (!crate::common::alive(old)).then_some(())
+    })
+    .await
+    .expect("the replaced master stopped");
+    let (status, body) = writer.await.expect("writer task");
+    assert_eq!(
+        status, 200,
+        "the write was applied by the new master: {body}"
+    );
+    let seq = body["seq"].as_u64().expect("seq");
+
+    // Applied exactly once, on the master and on a slave.
+    let (status, strong) = o
+        .read(json!({"table": "users", "where": {"username": "written-while-paused"}, "consistency": "strong"}))
+        .await;
+    assert_eq!(status, 200, "{strong}");
+    assert_eq!(strong["rows"].as_array().map(Vec::len), Some(1), "{strong}");
+    o.wait_for_workers(1).await;
+    let (status, eventual) = o
+        .read(json!({"table": "users", "where": {"username": "written-while-paused"}, "min_seq": seq}))
+        .await;
+    assert_eq!(status, 200, "{eventual}");
+    assert_eq!(
+        eventual["rows"].as_array().map(Vec::len),
+        Some(1),
+        "{eventual}"
+    );
+}
+
+#[tokio::test]
+async fn a_master_that_lost_its_znode_stops_before_acknowledging() {
+    let o = Arc::new(
+        Orchestrator::start(
+            "fenced",
+            Options {
+                request_timeout_ms: 20_000,
+                ..Options::default()
+            },
+        )
+        .await,
+    );
+    let s = o.status().await;
+    let old = s["master"].as_u64().expect("master");
+    let successor = slave_pids(&s)[0];
+
+    // In one atomic step, someone else holds the master znode: what an old
+    // master would find after an election it missed while paused.
+    let zk = zookeeper_client::Client::connect(&o.ns.zk_hosts)
+        .await
+        .expect("zk");
+    let fake = serde_json::to_vec(&json!({"pid": 1, "epoch": 999})).expect("json");
+    let mut multi = zk.new_multi_writer();
+    multi.add_delete("/dbaas/master", None).expect("delete op");
+    multi
+        .add_create(
+            "/dbaas/master",
+            &fake,
+            &zookeeper_client::CreateMode::Ephemeral
+                .with_acls(zookeeper_client::Acls::anyone_all()),
+        )
+        .expect("create op");
+    multi.commit().await.expect("take the master znode");
+
+    let writer = {
+        let o = o.clone();
+        tokio::spawn(async move {
+            o.write(
+                json!({"table": "users", "insert": {"username": "fenced-write", "password": "p"}}),
+            )
+            .await
+        })
+    };
+    // The old master commits locally, sees it is no longer master, and stops
+    // without answering or acking.
+    wait_until(
+        "the fenced master exits",
+        Duration::from_secs(20),
+        || async { (!crate::common::alive(old)).then_some(()) },
+    )
+    .await
+    .expect("the fenced master stopped");
+    assert!(
+        !writer.is_finished(),
+        "the fenced master must not have answered the write"
+    );
+
+    // The impostor leaves; the real successor is elected and applies the write once.
+    zk.delete("/dbaas/master", None)
+        .await
+        .expect("release the master znode");
+    let (status, body) = writer.await.expect("writer task");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(o.master_pid().await, Some(successor));
+    let (status, rows) = o
+        .read(json!({"table": "users", "where": {"username": "fenced-write"}, "consistency": "strong"}))
+        .await;
+    assert_eq!(status, 200, "{rows}");
+    assert_eq!(rows["rows"].as_array().map(Vec::len), Some(1), "{rows}");
+}

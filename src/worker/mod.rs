@@ -183,7 +183,7 @@ async fn serve(
         "now master: serving writeQ"
     );
     let _strong_reads = reads::start(conn, MASTER_READ_Q, state.clone(), config.read_wait).await?;
-    writes::run(conn, state, epoch).await
+    writes::run(conn, zk, state, epoch).await
 }
 
 /// Publishes `message` (a barrier or a marker) on `syncQ` and waits until the

@@ -16,7 +16,9 @@ use tracing::{debug, warn};
 use super::WorkerState;
 use crate::broker::messages::{ErrorReply, Reply, SyncMessage, WriteMessage};
 use crate::broker::{self, SYNC_Q, WRITE_Q};
+use crate::coord::{self, MasterInfo};
 use crate::db::Commit;
+use zookeeper_client as zk;
 
 /// Writes committed together at most; also the prefetch on `writeQ`.
 pub const MAX_BATCH: usize = 64;
@@ -25,7 +27,12 @@ const CONFIRM_PATIENCE: Duration = Duration::from_secs(10);
 /// Consumes `writeQ` until the consumer ends or publishing to `syncQ` fails; either
 /// way the error is returned and the worker stops (a write committed here but not
 /// published must not be answered from this copy again).
-pub async fn run(conn: &Connection, state: WorkerState, epoch: u64) -> anyhow::Result<()> {
+pub async fn run(
+    conn: &Connection,
+    zk: &zk::Client,
+    state: WorkerState,
+    epoch: u64,
+) -> anyhow::Result<()> {
     let channel = broker::consumer_channel(conn, MAX_BATCH as u16).await?;
     let sync = broker::confirmed_channel(conn).await?;
     let replies = conn.create_channel().await?;
@@ -104,6 +111,11 @@ pub async fn run(conn: &Connection, state: WorkerState, epoch: u64) -> anyhow::R
                 published, last_seq, "group committed and published"
             );
         }
+        // Fencing: answer and ack only while still the master of this epoch. A
+        // master that was paused past its session and replaced stops here, so
+        // its writes go back to writeQ for the new master (its entries, of an
+        // old epoch, are ignored by replicas that saw the new master's barrier).
+        still_master(zk, state.pid, epoch).await?;
 
         let mut results = results.into_iter();
         for (delivery, reply) in batch.iter().zip(replies_out) {
@@ -129,4 +141,17 @@ pub async fn run(conn: &Connection, state: WorkerState, epoch: u64) -> anyhow::R
         }
     }
     Err(anyhow::anyhow!("writeQ consumer ended"))
+}
+
+/// Fails unless the master znode still names this worker and epoch.
+async fn still_master(zk: &zk::Client, pid: u32, epoch: u64) -> anyhow::Result<()> {
+    match coord::master(zk).await {
+        Ok(Some(MasterInfo { pid: p, epoch: e })) if p == pid && e == epoch => Ok(()),
+        Ok(other) => Err(anyhow::anyhow!(
+            "no longer master (master znode: {other:?}); not acknowledging"
+        )),
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot confirm leadership with ZooKeeper ({e}); not acknowledging"
+        )),
+    }
 }
