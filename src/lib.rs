@@ -13,10 +13,12 @@
 //! - [`db`]: the schema, the typed request model, the only SQL, and a worker's store.
 //! - [`rideshare`]: the users and rides microservices, clients of the DBaaS.
 //! - [`prometheus`]: the orchestrator's Prometheus metrics.
+//! - [`config`]: command-line flags several binaries share.
 //! - [`telemetry`]: logging setup shared by the binaries.
 
 pub mod actors;
 pub mod broker;
+pub mod config;
 pub mod coord;
 pub mod db;
 pub mod http;

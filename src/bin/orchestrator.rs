@@ -11,20 +11,8 @@ use clap::Parser;
     about = "DBaaS orchestrator: HTTP API, queues, election watch, worker supervision, autoscaling"
 )]
 struct Args {
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "DBAAS_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
-    /// ZooKeeper hosts (host:port[,host:port...]).
-    #[arg(long, env = "DBAAS_ZK_HOSTS", default_value = "127.0.0.1:2181")]
-    zk_hosts: String,
-    /// ZooKeeper session timeout, for the orchestrator and the workers it starts:
-    /// the bound on detecting a worker killed from outside.
-    #[arg(long, env = "DBAAS_ZK_SESSION_TIMEOUT_MS", default_value_t = 2000)]
-    zk_session_timeout_ms: u64,
+    #[command(flatten)]
+    brokers: dbaas::config::BrokerArgs,
     /// HTTP address (port 80 in containers).
     #[arg(long, env = "DBAAS_BIND", default_value = "127.0.0.1:8000")]
     bind: String,
@@ -77,7 +65,7 @@ fn main() -> anyhow::Result<()> {
         dbaas::orchestrator::RuntimeOptions::Docker {
             image: a.worker_image,
             network: a.docker_network,
-            instance: a.instance.unwrap_or_else(|| a.zk_hosts.clone()),
+            instance: a.instance.unwrap_or_else(|| a.brokers.zk_hosts.clone()),
         }
     } else {
         let worker_bin = match a.worker_bin {
@@ -96,9 +84,9 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let config = dbaas::orchestrator::Config {
-        amqp_url: a.amqp_url,
-        zk_hosts: a.zk_hosts,
-        zk_session_timeout: Duration::from_millis(a.zk_session_timeout_ms),
+        amqp_url: a.brokers.amqp_url.clone(),
+        zk_hosts: a.brokers.zk_hosts.clone(),
+        zk_session_timeout: a.brokers.zk_session_timeout(),
         bind: a.bind,
         request_timeout: Duration::from_millis(a.request_timeout_ms),
         initial_slaves: a.initial_slaves,

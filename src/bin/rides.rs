@@ -1,7 +1,5 @@
 //! The rides service binary: flags and env, logging, then [`dbaas::rideshare::rides::run`].
 
-use std::time::Duration;
-
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -10,9 +8,8 @@ struct Args {
     /// HTTP address.
     #[arg(long, env = "RIDES_BIND", default_value = "127.0.0.1:8002")]
     bind: String,
-    /// The DBaaS orchestrator's base URL.
-    #[arg(long, env = "DBAAS_URL", default_value = "http://127.0.0.1:8000")]
-    dbaas_url: String,
+    #[command(flatten)]
+    dbaas: dbaas::config::DbaasClientArgs,
     /// Base URL of the users API: the load balancer.
     #[arg(long, env = "USERS_URL", default_value = "http://127.0.0.1:8080")]
     users_url: String,
@@ -20,9 +17,6 @@ struct Args {
     /// (default: `http://<bind>`).
     #[arg(long, env = "RIDES_ORIGIN")]
     origin: Option<String>,
-    /// Timeout of each call to the DBaaS and the users service, in milliseconds.
-    #[arg(long, env = "RIDESHARE_TIMEOUT_MS", default_value_t = 10_000)]
-    timeout_ms: u64,
 }
 
 #[actix_web::main]
@@ -32,10 +26,10 @@ async fn main() -> anyhow::Result<()> {
     let origin = a.origin.unwrap_or_else(|| format!("http://{}", a.bind));
     dbaas::rideshare::rides::run(dbaas::rideshare::rides::Config {
         bind: a.bind,
-        dbaas_url: a.dbaas_url,
+        dbaas_url: a.dbaas.dbaas_url.clone(),
         users_url: a.users_url,
         origin,
-        timeout: Duration::from_millis(a.timeout_ms),
+        timeout: a.dbaas.timeout(),
     })
     .await
 }

@@ -1,7 +1,5 @@
 //! The users service binary: flags and env, logging, then [`dbaas::rideshare::users::run`].
 
-use std::time::Duration;
-
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -10,12 +8,8 @@ struct Args {
     /// HTTP address.
     #[arg(long, env = "USERS_BIND", default_value = "127.0.0.1:8001")]
     bind: String,
-    /// The DBaaS orchestrator's base URL.
-    #[arg(long, env = "DBAAS_URL", default_value = "http://127.0.0.1:8000")]
-    dbaas_url: String,
-    /// Timeout of each call to the DBaaS, in milliseconds.
-    #[arg(long, env = "RIDESHARE_TIMEOUT_MS", default_value_t = 10_000)]
-    timeout_ms: u64,
+    #[command(flatten)]
+    dbaas: dbaas::config::DbaasClientArgs,
 }
 
 #[actix_web::main]
@@ -24,8 +18,8 @@ async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     dbaas::rideshare::users::run(dbaas::rideshare::users::Config {
         bind: a.bind,
-        dbaas_url: a.dbaas_url,
-        timeout: Duration::from_millis(a.timeout_ms),
+        dbaas_url: a.dbaas.dbaas_url.clone(),
+        timeout: a.dbaas.timeout(),
     })
     .await
 }

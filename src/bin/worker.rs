@@ -11,19 +11,8 @@ use clap::Parser;
     about = "DBaaS worker: a SQLite replica that becomes master by election"
 )]
 struct Args {
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "DBAAS_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
-    /// ZooKeeper hosts (host:port[,host:port...]).
-    #[arg(long, env = "DBAAS_ZK_HOSTS", default_value = "127.0.0.1:2181")]
-    zk_hosts: String,
-    /// ZooKeeper session timeout: how long a dead worker stays registered.
-    #[arg(long, env = "DBAAS_ZK_SESSION_TIMEOUT_MS", default_value_t = 2000)]
-    zk_session_timeout_ms: u64,
+    #[command(flatten)]
+    brokers: dbaas::config::BrokerArgs,
     /// Directory for this worker's SQLite file.
     #[arg(long, env = "DBAAS_DATA_DIR", default_value = ".run/workers")]
     data_dir: PathBuf,
@@ -46,9 +35,9 @@ async fn main() -> anyhow::Result<()> {
     dbaas::telemetry::init();
     let a = Args::parse();
     dbaas::worker::run(dbaas::worker::Config {
-        amqp_url: a.amqp_url,
-        zk_hosts: a.zk_hosts,
-        zk_session_timeout: Duration::from_millis(a.zk_session_timeout_ms),
+        amqp_url: a.brokers.amqp_url.clone(),
+        zk_hosts: a.brokers.zk_hosts.clone(),
+        zk_session_timeout: a.brokers.zk_session_timeout(),
         data_dir: a.data_dir,
         pid: a.pid,
         assigned_name: a.assigned_name,
