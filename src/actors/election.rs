@@ -65,39 +65,17 @@ pub struct GetMembership;
 #[rtype(result = "()")]
 pub struct ForgetWorker(pub u32);
 
+#[derive(Default)]
 pub struct Election {
     view: Membership,
-    /// The same view for readers on the hot path (the read handler), without a
-    /// round trip through this actor's mailbox.
-    published: tokio::sync::watch::Sender<Membership>,
     forgotten: BTreeSet<u32>,
     /// Since when there has been no master (for the election duration metric).
     masterless_since: Option<std::time::Instant>,
 }
 
-impl Default for Election {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Election {
     pub fn new() -> Self {
-        Election {
-            view: Membership::default(),
-            published: tokio::sync::watch::channel(Membership::default()).0,
-            forgotten: BTreeSet::new(),
-            masterless_since: None,
-        }
-    }
-
-    /// A receiver that always holds the latest view.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Membership> {
-        self.published.subscribe()
-    }
-
-    fn publish(&self) {
-        self.published.send_replace(self.view.clone());
+        Election::default()
     }
 
     fn visible(&self, mut m: Membership) -> Membership {
@@ -134,7 +112,6 @@ impl Handler<Membership> for Election {
             info!(workers = ?m.pids(), "workers changed");
         }
         self.view = m;
-        self.publish();
     }
 }
 
@@ -154,7 +131,6 @@ impl Handler<ForgetWorker> for Election {
         if had_master && self.view.master_pid().is_none() {
             self.masterless_since = Some(std::time::Instant::now());
         }
-        self.publish();
     }
 }
 
