@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{sigkill, wait_until, Options, Orchestrator};
+use common::{sigkill, slave_pids, wait_until, Options, Orchestrator};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
@@ -282,27 +282,15 @@ async fn populate(o: &Orchestrator, prefix: &str, rows: usize, single: bool) -> 
     seq
 }
 
-fn slaves(s: &Value) -> Vec<u64> {
-    s["workers"]
-        .as_array()
-        .map(|w| {
-            w.iter()
-                .filter(|w| w["role"] == "slave")
-                .filter_map(|w| w["pid"].as_u64())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Time from crashing a slave until its replacement serves a read at `seq`.
 async fn join_time(o: &Orchestrator, seq: u64, rows: usize) -> f64 {
-    let old = slaves(&o.status().await);
+    let old = slave_pids(&o.status().await);
     let started = Instant::now();
     let (status, _) = o.post_json("/api/v1/crash/slave", &Value::Null).await;
     assert_eq!(status, 200);
     wait_until("new slave serving", Duration::from_secs(600), || async {
         let s = o.status().await;
-        let new: Vec<u64> = slaves(&s)
+        let new: Vec<u64> = slave_pids(&s)
             .into_iter()
             .filter(|p| !old.contains(p))
             .collect();
@@ -571,7 +559,7 @@ async fn main() {
     }
     let served = wait_until("3 slaves", Duration::from_secs(60), || async {
         let s = o.status().await;
-        (slaves(&s).len() == 3).then_some(chrono::Utc::now().timestamp_millis())
+        (slave_pids(&s).len() == 3).then_some(chrono::Utc::now().timestamp_millis())
     })
     .await
     .expect("scaled out");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{alive, sigkill, wait_until, Options, Orchestrator};
+use crate::common::{alive, sigkill, slave_pids, wait_until, Options, Orchestrator};
 
 fn roles(status: &Value) -> Vec<(u64, String)> {
     status["workers"]
@@ -22,14 +22,6 @@ fn roles(status: &Value) -> Vec<(u64, String)> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn slaves(status: &Value) -> Vec<u64> {
-    roles(status)
-        .into_iter()
-        .filter(|(_, r)| r == "slave")
-        .map(|(p, _)| p)
-        .collect()
 }
 
 /// Polls the status until `done` holds (and `dead` is no longer listed),
@@ -88,7 +80,7 @@ async fn crash_master_elects_the_lowest_slave_and_keeps_every_write() {
     .await;
     let before = o.status().await;
     let master = before["master"].as_u64().expect("master");
-    let lowest_slave = *slaves(&before).iter().min().expect("slave");
+    let lowest_slave = *slave_pids(&before).iter().min().expect("slave");
     let seq = write_users(&o, "before", 20).await;
 
     let (status, body) = o.post_json("/api/v1/crash/master", &Value::Null).await;
@@ -105,10 +97,10 @@ async fn crash_master_elects_the_lowest_slave_and_keeps_every_write() {
         master,
         true,
         "new master and a replacement slave",
-        |s| s["master"].as_u64() == Some(lowest_slave) && slaves(s).len() == 2,
+        |s| s["master"].as_u64() == Some(lowest_slave) && slave_pids(s).len() == 2,
     )
     .await;
-    assert!(slaves(&after).iter().all(|p| *p != master));
+    assert!(slave_pids(&after).iter().all(|p| *p != master));
 
     // Writes and reads work, and nothing written before the crash is lost.
     let seq2 = write_users(&o, "after", 5).await;
@@ -129,7 +121,7 @@ async fn crash_slave_kills_the_highest_pid_and_replaces_it() {
     )
     .await;
     let s = o.status().await;
-    let highest = *slaves(&s).iter().max().expect("slaves");
+    let highest = *slave_pids(&s).iter().max().expect("slaves");
     let master = s["master"].as_u64();
     let (status, body) = o.post_json("/api/v1/crash/slave", &Value::Null).await;
     assert_eq!(
@@ -137,7 +129,7 @@ async fn crash_slave_kills_the_highest_pid_and_replaces_it() {
         (200, serde_json::json!([highest.to_string()]))
     );
     let after = watch_until(&o, highest, true, "replacement slave", |s| {
-        slaves(s).len() == 3
+        slave_pids(s).len() == 3
     })
     .await;
     assert_eq!(
@@ -171,14 +163,14 @@ async fn workers_killed_from_outside_are_detected_and_replaced() {
     let seq = write_users(&o, "u", 5).await;
 
     // A slave, then the master, killed with SIGKILL by someone else.
-    let slave = slaves(&o.status().await)[0];
+    let slave = slave_pids(&o.status().await)[0];
     sigkill(slave);
     let s = watch_until(&o, slave, false, "slave replaced", |s| {
-        slaves(s).len() == 1 && !slaves(s).contains(&slave)
+        slave_pids(s).len() == 1 && !slave_pids(s).contains(&slave)
     })
     .await;
     let master = s["master"].as_u64().expect("master");
-    let survivor = slaves(&s)[0];
+    let survivor = slave_pids(&s)[0];
     assert_eq!(
         o.usernames_at(seq).await.len(),
         5,
@@ -187,7 +179,7 @@ async fn workers_killed_from_outside_are_detected_and_replaced() {
 
     sigkill(master);
     watch_until(&o, master, false, "failover after SIGKILL", |s| {
-        s["master"].as_u64() == Some(survivor) && slaves(s).len() == 1
+        s["master"].as_u64() == Some(survivor) && slave_pids(s).len() == 1
     })
     .await;
     let seq2 = o.insert_user("after-kill").await["seq"]

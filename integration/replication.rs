@@ -10,7 +10,7 @@ use std::time::Duration;
 use dbaas::db::Store;
 use serde_json::{json, Value};
 
-use crate::common::{sigkill, wait_until, Options, Orchestrator};
+use crate::common::{sigkill, signal, slave_pids, wait_until, Options, Orchestrator};
 
 const WRITERS: usize = 4;
 const PER_WRITER: usize = 400;
@@ -36,18 +36,6 @@ async fn write_acked(o: &Orchestrator, name: &str) -> bool {
 
 async fn settled(o: &Orchestrator, slaves: usize) -> Value {
     o.wait_for_workers(slaves).await
-}
-
-fn slave_pids(s: &Value) -> Vec<u64> {
-    s["workers"]
-        .as_array()
-        .map(|w| {
-            w.iter()
-                .filter(|w| w["role"] == "slave")
-                .filter_map(|w| w["pid"].as_u64())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -231,12 +219,6 @@ async fn a_new_slave_catches_up_from_a_snapshot() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rows"][0]["count"], 1000);
     assert_eq!(body["worker"].as_u64(), Some(new));
-}
-
-fn signal(pid: u64, sig: i32) {
-    let pid = i32::try_from(pid).expect("pid fits");
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { libc::kill(pid, sig) };
 }
 
 #[tokio::test]

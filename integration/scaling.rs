@@ -6,16 +6,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{wait_until, Options, Orchestrator};
+use crate::common::{slave_pids, wait_until, Options, Orchestrator};
 
 const INTERVAL_SECS: u64 = 4;
-
-fn serving_slaves(s: &Value) -> usize {
-    s["workers"]
-        .as_array()
-        .map(|w| w.iter().filter(|w| w["role"] == "slave").count())
-        .unwrap_or(0)
-}
 
 async fn read_ok(o: &Orchestrator) {
     let (status, body) = o.read(json!({"table": "users", "count": true})).await;
@@ -60,7 +53,7 @@ async fn the_slave_pool_follows_the_read_rate() {
             read_ok(o_ref).await;
         }
         let s = o_ref.status().await;
-        (serving_slaves(&s) == 3).then_some(s)
+        (slave_pids(&s).len() == 3).then_some(s)
     })
     .await
     .expect("scaled out to 3 slaves");
@@ -74,7 +67,7 @@ async fn the_slave_pool_follows_the_read_rate() {
     // The interval with at most 15 reads asks for 1 slave: the two highest go.
     let shrunk = wait_until("back to 1 slave", Duration::from_secs(30), || async {
         let s = o.status().await;
-        (serving_slaves(&s) == 1 && s["workers"].as_array().map(Vec::len) == Some(2)).then_some(s)
+        (slave_pids(&s).len() == 1 && s["workers"].as_array().map(Vec::len) == Some(2)).then_some(s)
     })
     .await
     .expect("scaled in to 1 slave");

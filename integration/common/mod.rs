@@ -476,8 +476,26 @@ pub fn alive(pid: u64) -> bool {
         .unwrap_or(false)
 }
 
-pub fn sigkill(pid: u64) {
+/// Sends `sig` to a process, as someone outside the system would.
+pub fn signal(pid: u64, sig: i32) {
     let pid = i32::try_from(pid).expect("pid fits");
     // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    unsafe { libc::kill(pid, sig) };
+}
+
+pub fn sigkill(pid: u64) {
+    signal(pid, libc::SIGKILL);
+}
+
+/// The pids of the serving slaves in a `worker/status` answer.
+pub fn slave_pids(status: &Value) -> Vec<u64> {
+    status["workers"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .filter(|w| w["role"] == "slave")
+                .filter_map(|w| w["pid"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -12,14 +12,14 @@ use std::time::Duration;
 use actix_web::http::header::{HeaderValue, ORIGIN};
 use actix_web::http::StatusCode;
 use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value as Json};
 
-use super::counter::{self, count_requests, Counter};
+use super::counter::{self, count_requests};
 use super::dbaas_client::{http_client, DbError, DbaasClient, Read, Row};
 use super::error::ApiError;
 use super::validate::{self, Fields};
-use super::web::{empty, not_found, read_fields, resource};
+use super::web::{empty, not_found, read_fields, resource, serve};
 
 /// How the rides service runs.
 #[derive(Debug, Clone)]
@@ -318,22 +318,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         db: DbaasClient::new(http.clone(), &config.dbaas_url),
         users: UsersApi::new(http, &config.users_url, &config.origin)?,
     });
-    let counter = web::Data::new(Counter::default());
     tracing::info!(
         bind = %config.bind, dbaas = %config.dbaas_url, users = %config.users_url,
         origin = %config.origin, "rides service starting"
     );
-    HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .app_data(counter.clone())
-            .wrap(actix_web::middleware::Logger::default())
-            .configure(routes)
-    })
-    .bind(&config.bind)?
-    .shutdown_timeout(10)
-    .run()
-    .await?;
-    tracing::info!("rides service stopped");
-    Ok(())
+    serve("rides", &config.bind, state, routes).await
 }

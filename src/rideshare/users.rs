@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value as Json};
 
-use super::counter::{self, count_requests, Counter};
+use super::counter::{self, count_requests};
 use super::dbaas_client::{http_client, DbError, DbaasClient, Read};
 use super::error::ApiError;
 use super::validate;
-use super::web::{empty, not_found, read_fields, resource};
+use super::web::{empty, not_found, read_fields, resource, serve};
 
 /// How the users service runs.
 #[derive(Debug, Clone)]
@@ -141,19 +141,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = web::Data::new(State {
         db: DbaasClient::new(http, &config.dbaas_url),
     });
-    let counter = web::Data::new(Counter::default());
     tracing::info!(bind = %config.bind, dbaas = %config.dbaas_url, "users service starting");
-    HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .app_data(counter.clone())
-            .wrap(actix_web::middleware::Logger::default())
-            .configure(routes)
-    })
-    .bind(&config.bind)?
-    .shutdown_timeout(10)
-    .run()
-    .await?;
-    tracing::info!("users service stopped");
-    Ok(())
+    serve("users", &config.bind, state, routes).await
 }

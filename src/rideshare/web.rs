@@ -86,6 +86,30 @@ pub async fn not_found() -> HttpResponse {
     HttpResponse::NotFound().json(serde_json::json!({ "error": "no such route" }))
 }
 
+/// Serves a RideShare service until SIGINT/SIGTERM: its state, a fresh
+/// `_count` counter, request logging and its routes.
+pub async fn serve<S: Send + Sync + 'static>(
+    name: &'static str,
+    bind: &str,
+    state: web::Data<S>,
+    routes: fn(&mut web::ServiceConfig),
+) -> anyhow::Result<()> {
+    let counter = web::Data::new(super::counter::Counter::default());
+    actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(state.clone())
+            .app_data(counter.clone())
+            .wrap(actix_web::middleware::Logger::default())
+            .configure(routes)
+    })
+    .bind(bind)?
+    .shutdown_timeout(10)
+    .run()
+    .await?;
+    tracing::info!("{name} service stopped");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
