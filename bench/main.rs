@@ -1,7 +1,10 @@
 //! `scripts/bench`: measures the DBaaS against the broker's own RPC limit on the
 //! same machine in the same run, plus failover, catch-up and scaling times and
 //! peak memory. Writes bench/results/latest.md and latest.json.
-//! `BENCH_SMOKE=1` runs everything with tiny sizes (CI).
+//! `BENCH_SMOKE=1` runs everything with tiny sizes (CI). For quick comparisons
+//! while working on one path, `BENCH_PARTS` (e.g. `broker,http`), `BENCH_WORKLOADS`
+//! (e.g. `point read`) and `BENCH_CONCURRENCY` (e.g. `16`) narrow the run; a
+//! narrowed run writes bench/results/partial.* instead of latest.*.
 
 #[path = "../integration/common/mod.rs"]
 mod common;
@@ -29,7 +32,33 @@ struct Sizes {
     replay_rows: usize,
 }
 
+/// The comma-separated list in `var`, if set.
+fn narrowed(var: &str) -> Option<Vec<String>> {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+}
+
+/// Whether `item` is in the list in `var` (everything is when it is not set).
+fn wanted(var: &str, item: &str) -> bool {
+    narrowed(var).is_none_or(|l| l.iter().any(|i| i == item))
+}
+
 fn sizes() -> Sizes {
+    let mut sizes = default_sizes();
+    if let Some(c) = narrowed("BENCH_CONCURRENCY") {
+        sizes.concurrency = c.iter().filter_map(|c| c.parse().ok()).collect();
+    }
+    if let Some(secs) = std::env::var("BENCH_LOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        sizes.load_secs = secs;
+    }
+    sizes
+}
+
+fn default_sizes() -> Sizes {
     if std::env::var("BENCH_SMOKE").is_ok_and(|v| v == "1") {
         Sizes {
             load_secs: 0.5,
@@ -370,54 +399,58 @@ async fn main() {
             .into_bytes();
     let reply_body = json!({"read": {"rows": [{"username": "u0000042", "password": "p"}], "seq": 1000, "worker": 12345}}).to_string().into_bytes();
     let mut broker = HashMap::new();
-    md.push_str("## Broker RPC limit (lapin, same machine)\n\n| concurrency | req/s | p50 ms | p99 ms | p999 ms |\n|---|---|---|---|---|\n");
-    for &c in &sz.concurrency {
-        let r = broker_limit(c, sz.load_secs, read_body.clone(), reply_body.clone()).await;
-        md.push_str(&format!(
-            "| {c} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
-            r.rps(),
-            r.pct(0.5),
-            r.pct(0.99),
-            r.pct(0.999)
-        ));
-        broker.insert(c, r.rps());
-        report.insert(format!("broker_c{c}"), r.json());
+    if wanted("BENCH_PARTS", "broker") {
+        md.push_str("## Broker RPC limit (lapin, same machine)\n\n| concurrency | req/s | p50 ms | p99 ms | p999 ms |\n|---|---|---|---|---|\n");
+        for &c in &sz.concurrency {
+            let r = broker_limit(c, sz.load_secs, read_body.clone(), reply_body.clone()).await;
+            md.push_str(&format!(
+                "| {c} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
+                r.rps(),
+                r.pct(0.5),
+                r.pct(0.99),
+                r.pct(0.999)
+            ));
+            broker.insert(c, r.rps());
+            report.insert(format!("broker_c{c}"), r.json());
+        }
     }
 
-    // 2. Through the orchestrator's HTTP API.
-    let o = Arc::new(
-        Orchestrator::start(
-            "bench-http",
-            Options {
-                slaves: 1,
-                ..Options::default()
-            },
-        )
-        .await,
-    );
-    populate(&o, "u", 10_000, false).await;
-    let rides: Vec<Value> = (0..1000)
+    // 2. Through the orchestrator's HTTP API (and 3. failover, on the same system).
+    if wanted("BENCH_PARTS", "http") || wanted("BENCH_PARTS", "failover") {
+        let o = Arc::new(
+            Orchestrator::start(
+                "bench-http",
+                Options {
+                    slaves: 1,
+                    ..Options::default()
+                },
+            )
+            .await,
+        );
+        populate(&o, "u", 10_000, false).await;
+        let rides: Vec<Value> = (0..1000)
         .map(|i| json!({"created_by": "u0000001", "timestamp": format!("2031-01-{:02} 10:00:00", 1 + i % 28), "source": 1 + i % 10, "destination": 2}))
         .collect();
-    assert!(
-        post_ok(
-            &o.http,
-            &o.url("/api/v1/db/write"),
-            &json!({"table": "rides", "insert": rides})
-        )
-        .await
-    );
-    md.push_str("\n## Through the orchestrator (HTTP → RabbitMQ → worker → HTTP)\n\n| workload | concurrency | req/s | ratio to broker limit | p50 ms | p99 ms | p999 ms | failed |\n|---|---|---|---|---|---|---|---|\n");
-    let workloads: Vec<&str> = vec!["point read", "range read", "insert", "90/10 mix"];
-    for w in &workloads {
-        for &c in &sz.concurrency {
-            let (http, read_url, write_url) = (
-                o.http.clone(),
-                o.url("/api/v1/db/read"),
-                o.url("/api/v1/db/write"),
-            );
-            let kind = w.to_string();
-            let r = load(c, sz.load_secs, move |n| {
+        assert!(
+            post_ok(
+                &o.http,
+                &o.url("/api/v1/db/write"),
+                &json!({"table": "rides", "insert": rides})
+            )
+            .await
+        );
+        if wanted("BENCH_PARTS", "http") {
+            md.push_str("\n## Through the orchestrator (HTTP → RabbitMQ → worker → HTTP)\n\n| workload | concurrency | req/s | ratio to broker limit | p50 ms | p99 ms | p999 ms | failed |\n|---|---|---|---|---|---|---|---|\n");
+            let workloads: Vec<&str> = vec!["point read", "range read", "insert", "90/10 mix"];
+            for w in workloads.iter().filter(|w| wanted("BENCH_WORKLOADS", w)) {
+                for &c in &sz.concurrency {
+                    let (http, read_url, write_url) = (
+                        o.http.clone(),
+                        o.url("/api/v1/db/read"),
+                        o.url("/api/v1/db/write"),
+                    );
+                    let kind = w.to_string();
+                    let r = load(c, sz.load_secs, move |n| {
                 let (http, read_url, write_url, kind) = (http.clone(), read_url.clone(), write_url.clone(), kind.clone());
                 async move {
                     let point = json!({"table": "users", "where": {"username": format!("u{:07}", n % 10_000)}});
@@ -433,147 +466,165 @@ async fn main() {
                 }
             })
             .await;
-            let ratio = r.rps() / broker.get(&c).copied().unwrap_or(f64::NAN);
-            md.push_str(&format!(
-                "| {w} | {c} | {:.0} | {:.0}% | {:.2} | {:.2} | {:.2} | {} |\n",
-                r.rps(),
-                ratio * 100.0,
-                r.pct(0.5),
-                r.pct(0.99),
-                r.pct(0.999),
-                r.failed
-            ));
-            let mut j = r.json();
-            j["ratio_to_broker"] = json!(ratio);
-            report.insert(format!("{w} c{c}"), j);
-        }
-    }
-    // Peak memory after the load.
-    let status = o.status().await;
-    let mut mem = vec![("orchestrator".to_string(), o.pid().and_then(peak_kib))];
-    for w in status["workers"].as_array().cloned().unwrap_or_default() {
-        let pid = w["pid"].as_u64().unwrap_or(0);
-        mem.push((
-            format!("worker {} ({})", pid, w["role"].as_str().unwrap_or("")),
-            peak_kib(pid),
-        ));
-    }
-    md.push_str(
+                    let ratio = r.rps() / broker.get(&c).copied().unwrap_or(f64::NAN);
+                    md.push_str(&format!(
+                        "| {w} | {c} | {:.0} | {:.0}% | {:.2} | {:.2} | {:.2} | {} |\n",
+                        r.rps(),
+                        ratio * 100.0,
+                        r.pct(0.5),
+                        r.pct(0.99),
+                        r.pct(0.999),
+                        r.failed
+                    ));
+                    let mut j = r.json();
+                    j["ratio_to_broker"] = json!(ratio);
+                    report.insert(format!("{w} c{c}"), j);
+                }
+            }
+            // Peak memory after the load.
+            let status = o.status().await;
+            let mut mem = vec![("orchestrator".to_string(), o.pid().and_then(peak_kib))];
+            for w in status["workers"].as_array().cloned().unwrap_or_default() {
+                let pid = w["pid"].as_u64().unwrap_or(0);
+                mem.push((
+                    format!("worker {} ({})", pid, w["role"].as_str().unwrap_or("")),
+                    peak_kib(pid),
+                ));
+            }
+            md.push_str(
         "\n## Peak memory (VmHWM) after the load above\n\n| process | peak MiB |\n|---|---|\n",
     );
-    for (name, kib) in &mem {
-        md.push_str(&format!(
-            "| {name} | {} |\n",
-            kib.map(|k| format!("{:.1}", k as f64 / 1024.0))
-                .unwrap_or("?".into())
-        ));
-    }
-    report.insert(
-        "peak_memory_kib".into(),
-        json!(mem
-            .iter()
-            .map(|(n, k)| (n.clone(), json!(k)))
-            .collect::<serde_json::Map<_, _>>()),
-    );
+            for (name, kib) in &mem {
+                md.push_str(&format!(
+                    "| {name} | {} |\n",
+                    kib.map(|k| format!("{:.1}", k as f64 / 1024.0))
+                        .unwrap_or("?".into())
+                ));
+            }
+            report.insert(
+                "peak_memory_kib".into(),
+                json!(mem
+                    .iter()
+                    .map(|(n, k)| (n.clone(), json!(k)))
+                    .collect::<serde_json::Map<_, _>>()),
+            );
+        }
 
-    // 3. Failover.
-    let (mut by_api, mut by_kill) = (Vec::new(), Vec::new());
-    for run in 0..sz.failover_runs {
-        o.wait_for_workers(1).await;
-        let started = Instant::now();
-        let (status, _) = o.post_json("/api/v1/crash/master", &Value::Null).await;
-        assert_eq!(status, 200);
-        by_api.push(
-            first_write_after(&o, &format!("fa{run}")).await
-                + 0.0 * started.elapsed().as_secs_f64(),
-        );
-        let s = o.wait_for_workers(1).await;
-        let master = s["master"].as_u64().expect("master");
-        sigkill(master);
-        by_kill.push(first_write_after(&o, &format!("fk{run}")).await);
-    }
-    md.push_str(&format!(
+        // 3. Failover.
+        if wanted("BENCH_PARTS", "failover") {
+            let (mut by_api, mut by_kill) = (Vec::new(), Vec::new());
+            for run in 0..sz.failover_runs {
+                o.wait_for_workers(1).await;
+                let started = Instant::now();
+                let (status, _) = o.post_json("/api/v1/crash/master", &Value::Null).await;
+                assert_eq!(status, 200);
+                by_api.push(
+                    first_write_after(&o, &format!("fa{run}")).await
+                        + 0.0 * started.elapsed().as_secs_f64(),
+                );
+                let s = o.wait_for_workers(1).await;
+                let master = s["master"].as_u64().expect("master");
+                sigkill(master);
+                by_kill.push(first_write_after(&o, &format!("fk{run}")).await);
+            }
+            md.push_str(&format!(
         "\n## Failover: to the first successful write ({} runs)\n\n| cause | min s | median s | max s |\n|---|---|---|---|\n",
         sz.failover_runs
     ));
-    for (name, v) in [
-        ("crash/master API", &by_api),
-        ("SIGKILL of the master", &by_kill),
-    ] {
-        let j = min_med_max(v.clone());
-        md.push_str(&format!(
-            "| {name} | {:.3} | {:.3} | {:.3} |\n",
-            j["min"].as_f64().unwrap_or(0.0),
-            j["median"].as_f64().unwrap_or(0.0),
-            j["max"].as_f64().unwrap_or(0.0)
-        ));
-        report.insert(format!("failover {name}"), j);
+            for (name, v) in [
+                ("crash/master API", &by_api),
+                ("SIGKILL of the master", &by_kill),
+            ] {
+                let j = min_med_max(v.clone());
+                md.push_str(&format!(
+                    "| {name} | {:.3} | {:.3} | {:.3} |\n",
+                    j["min"].as_f64().unwrap_or(0.0),
+                    j["median"].as_f64().unwrap_or(0.0),
+                    j["max"].as_f64().unwrap_or(0.0)
+                ));
+                report.insert(format!("failover {name}"), j);
+            }
+        }
+        drop(o);
     }
-    drop(o);
 
     // 4. Catch-up of a new slave: snapshot vs replaying the whole history.
-    md.push_str("\n## Catch-up: crash/slave until the replacement serves a read of the latest write\n\n| rows | history (writes) | mode | seconds |\n|---|---|---|---|\n");
-    for (mode, env) in [("snapshot", "snapshot"), ("replay", "replay")] {
+    if wanted("BENCH_PARTS", "catchup") {
+        md.push_str("\n## Catch-up: crash/slave until the replacement serves a read of the latest write\n\n| rows | history (writes) | mode | seconds |\n|---|---|---|---|\n");
+        for (mode, env) in [("snapshot", "snapshot"), ("replay", "replay")] {
+            let o = Orchestrator::start(
+                &format!("bench-catchup-{mode}"),
+                Options {
+                    extra_env: vec![("DBAAS_CATCH_UP".into(), env.into())],
+                    ..Options::default()
+                },
+            )
+            .await;
+            // Single-row history: here replay pays for every write ever made.
+            let seq = populate(&o, "h", sz.replay_rows, true).await;
+            let t = join_time(&o, seq, sz.replay_rows).await;
+            md.push_str(&format!(
+                "| {} | {} | {mode} | {t:.2} |\n",
+                sz.replay_rows, sz.replay_rows
+            ));
+            report.insert(
+                format!("catch-up {} single-row writes {mode}", sz.replay_rows),
+                json!(t),
+            );
+        }
+        let o = Orchestrator::start("bench-catchup-sizes", Options::default()).await;
+        let mut have = 0;
+        for &rows in &sz.catch_up_rows {
+            let seq = populate(&o, &format!("s{rows}-"), rows - have, false).await;
+            have = rows;
+            let t = join_time(&o, seq, rows).await;
+            md.push_str(&format!("| {rows} | {seq} | snapshot | {t:.2} |\n"));
+            report.insert(format!("catch-up {rows} rows snapshot"), json!(t));
+        }
+        drop(o);
+    }
+
+    // 5. Scaling: from the decision to the new slaves serving.
+    if wanted("BENCH_PARTS", "scaling") {
         let o = Orchestrator::start(
-            &format!("bench-catchup-{mode}"),
+            "bench-scale",
             Options {
-                extra_env: vec![("DBAAS_CATCH_UP".into(), env.into())],
+                scale_interval_secs: 2,
                 ..Options::default()
             },
         )
         .await;
-        // Single-row history: here replay pays for every write ever made.
-        let seq = populate(&o, "h", sz.replay_rows, true).await;
-        let t = join_time(&o, seq, sz.replay_rows).await;
-        md.push_str(&format!(
-            "| {} | {} | {mode} | {t:.2} |\n",
-            sz.replay_rows, sz.replay_rows
-        ));
-        report.insert(
-            format!("catch-up {} single-row writes {mode}", sz.replay_rows),
-            json!(t),
-        );
+        for _ in 0..45 {
+            o.read(json!({"table": "users", "count": true})).await;
+        }
+        let served = wait_until("3 slaves", Duration::from_secs(60), || async {
+            let s = o.status().await;
+            (slave_pids(&s).len() == 3).then_some(chrono::Utc::now().timestamp_millis())
+        })
+        .await
+        .expect("scaled out");
+        let decided = o.status().await["scaler"]["decisions"][0]["at_ms"]
+            .as_i64()
+            .unwrap_or(served);
+        let scale_secs = (served - decided) as f64 / 1000.0;
+        md.push_str(&format!("\n## Scaling\n\nFrom the decision (45 reads → 3 slaves) to both new slaves serving reads: {scale_secs:.2} s.\n"));
+        report.insert("scale-out decision to serving".into(), json!(scale_secs));
+        drop(o);
     }
-    let o = Orchestrator::start("bench-catchup-sizes", Options::default()).await;
-    let mut have = 0;
-    for &rows in &sz.catch_up_rows {
-        let seq = populate(&o, &format!("s{rows}-"), rows - have, false).await;
-        have = rows;
-        let t = join_time(&o, seq, rows).await;
-        md.push_str(&format!("| {rows} | {seq} | snapshot | {t:.2} |\n"));
-        report.insert(format!("catch-up {rows} rows snapshot"), json!(t));
-    }
-    drop(o);
 
-    // 5. Scaling: from the decision to the new slaves serving.
-    let o = Orchestrator::start(
-        "bench-scale",
-        Options {
-            scale_interval_secs: 2,
-            ..Options::default()
-        },
-    )
-    .await;
-    for _ in 0..45 {
-        o.read(json!({"table": "users", "count": true})).await;
-    }
-    let served = wait_until("3 slaves", Duration::from_secs(60), || async {
-        let s = o.status().await;
-        (slave_pids(&s).len() == 3).then_some(chrono::Utc::now().timestamp_millis())
-    })
-    .await
-    .expect("scaled out");
-    let decided = o.status().await["scaler"]["decisions"][0]["at_ms"]
-        .as_i64()
-        .unwrap_or(served);
-    let scale_secs = (served - decided) as f64 / 1000.0;
-    md.push_str(&format!("\n## Scaling\n\nFrom the decision (45 reads → 3 slaves) to both new slaves serving reads: {scale_secs:.2} s.\n"));
-    report.insert("scale-out decision to serving".into(), json!(scale_secs));
-    drop(o);
-
-    // A smoke run (CI) must not overwrite the published figures.
+    // A smoke run (CI) or a narrowed one must not overwrite the published figures.
     let name = if std::env::var("BENCH_SMOKE").is_ok_and(|v| v == "1") {
         "smoke"
+    } else if [
+        "BENCH_PARTS",
+        "BENCH_WORKLOADS",
+        "BENCH_CONCURRENCY",
+        "BENCH_LOAD_SECS",
+    ]
+    .iter()
+    .any(|v| narrowed(v).is_some())
+    {
+        "partial"
     } else {
         "latest"
     };

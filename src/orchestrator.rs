@@ -72,12 +72,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| warn!(error = %e, "metrics disabled"))
         .ok();
     let waiter = RpcWaiter::default().start();
-    let dispatcher = Dispatcher::new(AmqpPublisher {
-        reads: conn.create_channel().await?,
-        writes: broker::confirmed_channel(&conn).await?,
-    })
+    let dispatcher = Dispatcher::new(
+        AmqpPublisher {
+            reads: conn.create_channel().await?,
+            writes: broker::confirmed_channel(&conn).await?,
+        },
+        waiter.clone().recipient(),
+        waiter.clone().recipient(),
+    )
     .start();
-    let election = Election::new().start();
+    let election = Election::new()
+        .with_routes(dispatcher.clone().recipient())
+        .start();
 
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let runtime: Arc<dyn WorkerRuntime> = match &config.runtime {

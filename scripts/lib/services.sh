@@ -96,14 +96,21 @@ CONF
   wait_for "ZooKeeper" 60 port_open "$ZK_PORT" || { tail -20 "$dir/stdout.log" >&2; return 1; }
 }
 
-# stop_pidfile FILE : kills the process group started by us (setsid) and its children.
+# stop_pidfile FILE : stops the process group started by us (setsid) and its
+# children, and waits until it is gone (so a following start does not find the
+# port of a broker still shutting down); KILL after 20 s.
 stop_pidfile() {
   local f=$1
   [ -f "$f" ] || return 0
   local pid; pid=$(cat "$f")
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  if ! wait_for "process group $pid to stop" 20 group_gone "$pid"; then
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  fi
   rm -f "$f"
 }
+
+group_gone() { ! kill -0 -- "-$1" 2>/dev/null; }
 
 # note_running_services: call before starting, in the main shell: brokers that
 # already listen were not started by us, and stop_services leaves them alone.

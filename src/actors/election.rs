@@ -2,7 +2,8 @@
 //! `/dbaas/workers` and the `/dbaas/master` znode, re-armed after every event, plus
 //! a slow poll for the workers' progress) sends it [`Membership`] snapshots; it
 //! keeps the latest and answers who is master and who the slaves are (the same
-//! snapshots go to the supervisor). The election itself happens
+//! snapshots go to the supervisor), and tells the `Dispatcher` the [`Routes`]
+//! that follow from it whenever they change. The election itself happens
 //! among the workers (see [`crate::coord::election`]); this actor observes it.
 
 use std::collections::BTreeSet;
@@ -12,6 +13,7 @@ use actix::prelude::*;
 use tracing::{info, warn};
 use zookeeper_client as zk;
 
+use super::dispatcher::Routes;
 use crate::coord::{self, MasterInfo, Role, WorkerInfo, MASTER, WORKERS};
 
 /// What ZooKeeper showed at one moment.
@@ -52,6 +54,14 @@ impl Membership {
             .filter(|w| Some(w.pid) != master && w.role == Role::Slave)
             .count()
     }
+
+    /// Who can take requests in this view.
+    pub fn routes(&self) -> Routes {
+        Routes {
+            serving_slaves: self.serving_slaves(),
+            master: self.master_pid().is_some(),
+        }
+    }
 }
 
 /// Latest membership.
@@ -71,11 +81,31 @@ pub struct Election {
     forgotten: BTreeSet<u32>,
     /// Since when there has been no master (for the election duration metric).
     masterless_since: Option<std::time::Instant>,
+    /// Told the routes whenever they change (the `Dispatcher`).
+    routes_to: Option<Recipient<Routes>>,
+    routes_sent: Option<Routes>,
 }
 
 impl Election {
     pub fn new() -> Self {
         Election::default()
+    }
+
+    pub fn with_routes(mut self, to: Recipient<Routes>) -> Self {
+        self.routes_to = Some(to);
+        self
+    }
+
+    /// Sends the routes of the current view if they changed.
+    fn publish_routes(&mut self) {
+        let routes = self.view.routes();
+        if self.routes_sent == Some(routes) {
+            return;
+        }
+        if let Some(to) = &self.routes_to {
+            to.do_send(routes);
+            self.routes_sent = Some(routes);
+        }
     }
 
     fn visible(&self, mut m: Membership) -> Membership {
@@ -112,6 +142,7 @@ impl Handler<Membership> for Election {
             info!(workers = ?m.pids(), "workers changed");
         }
         self.view = m;
+        self.publish_routes();
     }
 }
 
@@ -131,6 +162,7 @@ impl Handler<ForgetWorker> for Election {
         if had_master && self.view.master_pid().is_none() {
             self.masterless_since = Some(std::time::Instant::now());
         }
+        self.publish_routes();
     }
 }
 
@@ -243,6 +275,68 @@ mod tests {
                 .expect("send")
                 .master_pid(),
             Some(20)
+        );
+    }
+
+    /// Keeps every `Routes` it is told.
+    #[derive(Default)]
+    struct RoutesLog(Vec<Routes>);
+    impl Actor for RoutesLog {
+        type Context = Context<Self>;
+    }
+    impl Handler<Routes> for RoutesLog {
+        type Result = ();
+        fn handle(&mut self, r: Routes, _: &mut Context<Self>) {
+            self.0.push(r);
+        }
+    }
+    #[derive(Message)]
+    #[rtype(result = "Vec<Routes>")]
+    struct Told;
+    impl Handler<Told> for RoutesLog {
+        type Result = MessageResult<Told>;
+        fn handle(&mut self, _: Told, _: &mut Context<Self>) -> Self::Result {
+            MessageResult(self.0.clone())
+        }
+    }
+
+    #[actix_rt::test]
+    async fn tells_the_dispatcher_each_change_of_routes_once() {
+        let log = RoutesLog::default().start();
+        let election = Election::new().with_routes(log.clone().recipient()).start();
+        let both = Routes {
+            serving_slaves: 2,
+            master: true,
+        };
+        election
+            .send(membership(10, &[10, 20, 30]))
+            .await
+            .expect("send");
+        // The same view again (the poll): nothing new to tell.
+        election
+            .send(membership(10, &[10, 20, 30]))
+            .await
+            .expect("send");
+        election.send(ForgetWorker(10)).await.expect("send");
+        // 20 is promoting: it serves neither reads nor writes yet.
+        let mut promoting = membership(10, &[20, 30]);
+        promoting.master = None;
+        promoting.workers[0].role = Role::Promoting;
+        election.send(promoting).await.expect("send");
+        let told = log.send(Told).await.expect("send");
+        assert_eq!(
+            told,
+            vec![
+                both,
+                Routes {
+                    serving_slaves: 2,
+                    master: false
+                },
+                Routes {
+                    serving_slaves: 1,
+                    master: false
+                },
+            ]
         );
     }
 

@@ -6,7 +6,6 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::{body, rpc, AppState};
-use crate::actors::election::GetMembership;
 use crate::actors::scaler::ReadReceived;
 use crate::broker::messages::{ReadMessage, Reply, WriteMessage};
 use crate::broker::{MASTER_READ_Q, READ_Q, WRITE_Q};
@@ -24,18 +23,8 @@ pub async fn read(
     state.scaler.do_send(ReadReceived);
     let body = body::read(&req, payload).await?;
     let request: ReadRequest = parse(&body)?;
-    let membership = state.election.send(GetMembership).await?;
+    // The dispatcher refuses a read nobody can serve now (503).
     let queue = match request.consistency {
-        Consistency::Eventual if membership.serving_slaves() == 0 => {
-            return Err(ApiError::unavailable(
-                "no slave is available to serve reads",
-            ))
-        }
-        Consistency::Strong if membership.master_pid().is_none() => {
-            return Err(ApiError::unavailable(
-                "no master is available for a strong read",
-            ))
-        }
         Consistency::Eventual => READ_Q,
         Consistency::Strong => MASTER_READ_Q,
     };

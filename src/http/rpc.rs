@@ -1,5 +1,6 @@
-//! One request/reply exchange with the workers: register with the `RpcWaiter`,
-//! publish through the `Dispatcher`, wait (bounded) for the reply.
+//! One request/reply exchange with the workers: hand the request and a reply
+//! slot to the `Dispatcher` (which registers the slot with the `RpcWaiter` and
+//! publishes), then wait (bounded) for the reply.
 
 use std::time::Duration;
 
@@ -8,8 +9,8 @@ use tokio::sync::oneshot;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::actors::dispatcher::Publish;
-use crate::actors::rpc_waiter::{Expect, Forget};
+use crate::actors::dispatcher::{Outbound, Publish};
+use crate::actors::rpc_waiter::Forget;
 use crate::broker::messages::Reply;
 
 /// Sends `body` to `queue` and waits for the reply. A timeout is a 504 whose
@@ -23,46 +24,34 @@ pub async fn call(
     request_id: &str,
 ) -> Result<Reply, ApiError> {
     let correlation_id = uuid::Uuid::new_v4().to_string();
-    let (tx, rx) = oneshot::channel();
-    state
-        .waiter
-        .send(Expect {
-            correlation_id: correlation_id.clone(),
-            reply: tx,
-        })
-        .await?;
+    let (reply, rx) = oneshot::channel();
     let published = state
         .dispatcher
         .send(Publish {
-            queue,
-            correlation_id: correlation_id.clone(),
-            body,
-            durable,
-            expires_after: state.timeout,
-            request_id: request_id.to_string(),
+            request: Outbound {
+                queue,
+                correlation_id: correlation_id.clone(),
+                body,
+                durable,
+                expires_after: state.timeout,
+                request_id: request_id.to_string(),
+            },
+            reply,
         })
         .await;
-    let forget = || {
-        state.waiter.do_send(Forget {
-            correlation_id: correlation_id.clone(),
-        })
-    };
     match published {
         Ok(Ok(())) => {}
+        // The dispatcher has already dropped the reply slot.
         Ok(Err(e)) => {
-            forget();
             return Err(ApiError::unavailable(e.to_string()));
         }
-        Err(e) => {
-            forget();
-            return Err(e.into());
-        }
+        Err(e) => return Err(e.into()),
     }
     match tokio::time::timeout(state.timeout, rx).await {
         Ok(Ok(reply)) => Ok(reply),
         Ok(Err(_)) => Err(ApiError::internal("reply channel closed")),
         Err(_) => {
-            forget();
+            state.waiter.do_send(Forget { correlation_id });
             crate::prometheus::rpc_timeout(queue);
             Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,

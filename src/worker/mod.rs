@@ -109,7 +109,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&db_path)?;
     let state = WorkerState {
         pid,
-        replica: Replica::new(store),
+        replica: Replica::new(store)?,
         role: Arc::new(watch::channel(Role::Joining).0),
         barrier_seen: Arc::new(watch::channel(None).0),
         epoch: Arc::new(AtomicU64::new(0)),

@@ -1,7 +1,8 @@
 //! The read service: a slave consumes `readQ` together with the other slaves
 //! (RabbitMQ hands out deliveries round-robin); the master consumes
-//! `readQ.master` (strong reads). Each read runs on this replica and is answered
-//! on the request's `reply_to` queue with its correlation id.
+//! `readQ.master` (strong reads). The consumer runs on the store thread, so each
+//! read runs in place on this replica; it is answered on the request's
+//! `reply_to` queue with its correlation id.
 
 use std::time::Duration;
 
@@ -36,7 +37,9 @@ pub async fn start(
             FieldTable::default(),
         )
         .await?;
-    tokio::spawn(async move {
+    // On the store thread: each read runs where the connection lives.
+    let replica = state.replica.clone();
+    replica.spawn(async move {
         while let Some(delivery) = consumer.next().await {
             let Ok(delivery) = delivery else { break };
             let state = state.clone();
