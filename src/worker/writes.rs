@@ -1,39 +1,59 @@
 //! The master's write service, with group commit: it takes every write already
 //! delivered from `writeQ` (up to [`MAX_BATCH`], never waiting for more), commits
 //! them in one SQLite transaction (each in its own savepoint, in delivery order,
-//! which is the sequence order), publishes their entries on `syncQ` pipelined and
-//! waits for all the broker's confirms, then answers and acks each. A write
-//! redelivered after a crash is recognised by its write id and not applied twice.
+//! which is the sequence order) and publishes their entries on `syncQ`
+//! pipelined. A second task answers the batches in order: it waits for a batch's
+//! confirms from the broker, checks with ZooKeeper that this worker is still the
+//! master of its epoch (fencing), then sends the replies and acks the batch
+//! (batches that are ready together are answered together).
+//! Batches overlap: the next one is committed and published while the earlier
+//! ones wait for their confirms ([`IN_FLIGHT`] at most). A write redelivered
+//! after a crash is recognised by its write id and not applied twice.
 
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection};
+use lapin::PublisherConfirm;
+use lapin::{BasicProperties, Channel, Connection};
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::WorkerState;
 use crate::broker::messages::{ErrorReply, Reply, SyncMessage, WriteMessage};
 use crate::broker::{self, SYNC_Q, WRITE_Q};
 use crate::coord::{self, MasterInfo};
-use crate::db::Commit;
+use crate::db::{Commit, DbError};
 use zookeeper_client as zk;
 
-/// Writes committed together at most; also the prefetch on `writeQ`.
+/// Writes committed together at most.
 pub const MAX_BATCH: usize = 64;
+/// Committed batches waiting to be answered, at most; with [`MAX_BATCH`] this
+/// bounds the writes delivered and unacknowledged (the prefetch on `writeQ`).
+pub const IN_FLIGHT: usize = 4;
 const CONFIRM_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Consumes `writeQ` until the consumer ends or publishing to `syncQ` fails; either
-/// way the error is returned and the worker stops (a write committed here but not
-/// published must not be answered from this copy again).
+/// A batch committed and published, not yet answered.
+struct Committed {
+    deliveries: Vec<Delivery>,
+    replies: Vec<Reply>,
+    confirms: Vec<PublisherConfirm>,
+    last_seq: u64,
+}
+
+/// Consumes `writeQ` until the consumer ends, publishing to `syncQ` fails or
+/// this worker is no longer the master; either way the error is returned and the
+/// worker stops (a write committed here but not published must not be answered
+/// from this copy again).
 pub async fn run(
     conn: &Connection,
     zk: &zk::Client,
     state: WorkerState,
     epoch: u64,
 ) -> anyhow::Result<()> {
-    let channel = broker::consumer_channel(conn, MAX_BATCH as u16).await?;
+    let channel = broker::consumer_channel(conn, (MAX_BATCH * IN_FLIGHT) as u16).await?;
     let sync = broker::confirmed_channel(conn).await?;
     let replies = conn.create_channel().await?;
     let mut consumer = channel
@@ -44,51 +64,124 @@ pub async fn run(
             FieldTable::default(),
         )
         .await?;
-    while let Some(first) = consumer.next().await {
-        let mut batch = vec![first?];
-        while batch.len() < MAX_BATCH {
+    let (committed, to_answer) = mpsc::channel(IN_FLIGHT);
+    let mut answering = tokio::spawn(answer(to_answer, zk.clone(), replies, state.pid, epoch));
+    loop {
+        let first = tokio::select! {
+            biased;
+            ended = &mut answering => return Err(answering_ended(ended)),
+            first = consumer.next() => first,
+        };
+        let Some(first) = first else { break };
+        let mut deliveries = vec![first?];
+        while deliveries.len() < MAX_BATCH {
             match consumer.next().now_or_never() {
-                Some(Some(delivery)) => batch.push(delivery?),
+                Some(Some(delivery)) => deliveries.push(delivery?),
                 _ => break,
             }
         }
-        // Parse; unreadable messages are answered with 400 and take no part.
-        let mut replies_out: Vec<Option<Reply>> = Vec::with_capacity(batch.len());
-        let mut writes = Vec::new();
-        for delivery in &batch {
-            match serde_json::from_slice::<WriteMessage>(&delivery.data) {
-                Ok(msg) => {
-                    writes.push((msg.write_id, msg.request));
-                    replies_out.push(None);
-                }
-                Err(e) => {
-                    replies_out.push(Some(Reply::Error(ErrorReply::bad_request(e.to_string()))))
-                }
-            }
+        let batch = commit_and_publish(&state, &sync, epoch, deliveries).await?;
+        if committed.send(batch).await.is_err() {
+            return Err(answering_ended(answering.await));
         }
-        let results = state.replica.commit_batch(epoch, writes).await?;
+    }
+    Err(anyhow::anyhow!("writeQ consumer ended"))
+}
 
-        // Publish every new entry, then wait for all the confirms together.
-        let mut confirms = Vec::new();
-        let mut last_seq = 0;
-        for result in &results {
-            if let Ok(Commit::New(entry, _)) = result {
-                last_seq = entry.seq;
-                let body = serde_json::to_vec(&SyncMessage::Entry(entry.clone()))?;
-                let props = BasicProperties::default().with_delivery_mode(2);
-                confirms.push(
-                    sync.basic_publish(
-                        "".into(),
-                        SYNC_Q.into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        props,
-                    )
-                    .await?,
-                );
+/// Parses, commits in one transaction, and publishes the new entries on `syncQ`
+/// (without waiting for the confirms).
+async fn commit_and_publish(
+    state: &WorkerState,
+    sync: &Channel,
+    epoch: u64,
+    deliveries: Vec<Delivery>,
+) -> anyhow::Result<Committed> {
+    // Unreadable messages are answered with 400 and take no part.
+    let mut parsed: Vec<Option<Reply>> = Vec::with_capacity(deliveries.len());
+    let mut writes = Vec::new();
+    for delivery in &deliveries {
+        match serde_json::from_slice::<WriteMessage>(&delivery.data) {
+            Ok(msg) => {
+                writes.push((msg.write_id, msg.request));
+                parsed.push(None);
             }
+            Err(e) => parsed.push(Some(Reply::Error(ErrorReply::bad_request(e.to_string())))),
         }
-        let published = confirms.len();
+    }
+    let results = state.replica.commit_batch(epoch, writes).await?;
+
+    let mut confirms = Vec::new();
+    let mut last_seq = 0;
+    for result in &results {
+        if let Ok(Commit::New(entry, _)) = result {
+            last_seq = entry.seq;
+            let body = serde_json::to_vec(&SyncMessage::Entry(entry.clone()))?;
+            let props = BasicProperties::default().with_delivery_mode(2);
+            confirms.push(
+                sync.basic_publish(
+                    "".into(),
+                    SYNC_Q.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    props,
+                )
+                .await?,
+            );
+        }
+    }
+    if !confirms.is_empty() {
+        debug!(
+            batch = deliveries.len(),
+            published = confirms.len(),
+            last_seq,
+            "group committed and published"
+        );
+    }
+    let mut results = results.into_iter();
+    let replies = parsed
+        .into_iter()
+        .map(|reply| reply.unwrap_or_else(|| reply_for(results.next())))
+        .collect();
+    Ok(Committed {
+        deliveries,
+        replies,
+        confirms,
+        last_seq,
+    })
+}
+
+fn reply_for(result: Option<Result<Commit, DbError>>) -> Reply {
+    match result {
+        Some(Ok(Commit::New(_, outcome))) | Some(Ok(Commit::Duplicate(outcome))) => {
+            Reply::Write(outcome)
+        }
+        Some(Err(e)) => Reply::Error(e.into()),
+        None => Reply::Error(ErrorReply {
+            status: 500,
+            error: "missing batch result".into(),
+        }),
+    }
+}
+
+/// Answers the committed batches in order; returns at the first batch it may not
+/// answer (then nothing after it is answered or acked either). Batches that are
+/// waiting together are answered together: one fencing check for all of them.
+async fn answer(
+    mut batches: mpsc::Receiver<Committed>,
+    zk: zk::Client,
+    replies: Channel,
+    pid: u32,
+    epoch: u64,
+) -> anyhow::Result<()> {
+    while let Some(first) = batches.recv().await {
+        let mut group = vec![first];
+        while let Ok(next) = batches.try_recv() {
+            group.push(next);
+        }
+        let last_seq = group.iter().map(|b| b.last_seq).max().unwrap_or(0);
+        let confirms = group
+            .iter_mut()
+            .flat_map(|b| std::mem::take(&mut b.confirms));
         let confirmed =
             tokio::time::timeout(CONFIRM_PATIENCE, futures_util::future::join_all(confirms))
                 .await
@@ -101,46 +194,43 @@ pub async fn run(
             let c = c?;
             if !c.is_ack() {
                 return Err(anyhow::anyhow!(
-                    "broker refused a syncQ entry (batch up to seq {last_seq}): {c:?}"
+                    "broker refused a syncQ entry (batches up to seq {last_seq}): {c:?}"
                 ));
             }
-        }
-        if published > 0 {
-            debug!(
-                batch = batch.len(),
-                published, last_seq, "group committed and published"
-            );
         }
         // Fencing: answer and ack only while still the master of this epoch. A
         // master that was paused past its session and replaced stops here, so
         // its writes go back to writeQ for the new master (its entries, of an
         // old epoch, are ignored by replicas that saw the new master's barrier).
-        still_master(zk, state.pid, epoch).await?;
+        still_master(&zk, pid, epoch).await?;
 
-        let mut results = results.into_iter();
-        for (delivery, reply) in batch.iter().zip(replies_out) {
-            let reply = match reply {
-                Some(r) => r,
-                None => match results.next() {
-                    Some(Ok(Commit::New(_, outcome))) | Some(Ok(Commit::Duplicate(outcome))) => {
-                        Reply::Write(outcome)
-                    }
-                    Some(Err(e)) => Reply::Error(e.into()),
-                    None => Reply::Error(ErrorReply {
-                        status: 500,
-                        error: "missing batch result".into(),
-                    }),
-                },
-            };
-            let request_id = broker::request_id(&delivery.properties).unwrap_or_default();
-            debug!(request_id, "write answered");
-            if let Err(e) = broker::reply(&replies, &delivery.properties, &reply).await {
+        let sent = group
+            .iter()
+            .flat_map(|b| b.deliveries.iter().zip(&b.replies))
+            .map(|(delivery, reply)| {
+                let request_id = broker::request_id(&delivery.properties).unwrap_or_default();
+                debug!(request_id, "write answered");
+                broker::reply(&replies, &delivery.properties, reply)
+            });
+        for outcome in futures_util::future::join_all(sent).await {
+            if let Err(e) = outcome {
                 warn!(error = %e, "could not send write reply");
             }
-            delivery.ack(BasicAckOptions::default()).await?;
+        }
+        // Earlier batches are acked already: this acks exactly this group.
+        if let Some(last) = group.last().and_then(|b| b.deliveries.last()) {
+            last.ack(BasicAckOptions { multiple: true }).await?;
         }
     }
-    Err(anyhow::anyhow!("writeQ consumer ended"))
+    Ok(())
+}
+
+fn answering_ended(ended: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Error {
+    match ended {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => anyhow::anyhow!("the write answering task ended"),
+        Err(e) => anyhow::anyhow!("the write answering task failed: {e}"),
+    }
 }
 
 /// Fails unless the master znode still names this worker and epoch.
