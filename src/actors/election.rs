@@ -1,10 +1,11 @@
 //! `Election`: the orchestrator's view of ZooKeeper. A watch loop (children of
-//! `/dbaas/workers` and the `/dbaas/master` znode, re-armed after every event, plus
-//! a slow poll for the workers' progress) sends it [`Membership`] snapshots; it
-//! keeps the latest and answers who is master and who the slaves are (the same
-//! snapshots go to the supervisor), and tells the `Dispatcher` the [`Routes`]
-//! that follow from it whenever they change. The election itself happens
-//! among the workers (see [`crate::coord::election`]); this actor observes it.
+//! `/dbaas/workers`, the `/dbaas/master` znode and the records of workers between
+//! roles, re-armed after every event, plus a slow poll for the workers'
+//! progress) sends it [`Membership`] snapshots; it keeps the latest and answers
+//! who is master and who the slaves are (the same snapshots go to the
+//! supervisor), and tells the `Dispatcher` the [`Routes`] that follow from it
+//! whenever they change. The election itself happens among the workers (see
+//! [`crate::coord::election`]); this actor observes it.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -188,16 +189,60 @@ pub async fn watch(client: zk::Client, to: Vec<Recipient<Membership>>, poll: Dur
                 continue;
             }
         };
-        match read_membership(&client).await {
-            Ok(m) => to.iter().for_each(|r| r.do_send(m.clone())),
-            Err(e) => warn!(error = %e, "reading membership failed"),
-        }
+        let m = match read_membership(&client).await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "reading membership failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        to.iter().for_each(|r| r.do_send(m.clone()));
+        let Some(transitions) = watch_transitions(&client, &m).await else {
+            continue; // one moved on meanwhile: read again
+        };
         tokio::select! {
             _ = children_watch.changed() => {}
             _ = master_watch.changed() => {}
+            _ = transitions => {}
             _ = tokio::time::sleep(poll) => {}
         }
     }
+}
+
+/// Watches the records of the workers in `m` that are between roles (joining,
+/// promoting), so the moment one starts serving is seen at once rather than at
+/// the next poll: with a single slave, reads wait for that moment. Resolves on
+/// the first change; `None` if a record already differs from `m`.
+async fn watch_transitions(
+    client: &zk::Client,
+    m: &Membership,
+) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+    let mut watchers = Vec::new();
+    for w in m
+        .workers
+        .iter()
+        .filter(|w| matches!(w.role, Role::Joining | Role::Promoting))
+    {
+        // A record that is gone is reported by the children watch.
+        if let Ok((data, _, watcher)) = client.get_and_watch_data(&coord::worker_path(w.pid)).await
+        {
+            let now = serde_json::from_slice::<WorkerInfo>(&data).ok();
+            if now.is_none_or(|now| now.role != w.role) {
+                return None;
+            }
+            watchers.push(Box::pin(async move {
+                watcher.changed().await;
+            }));
+        }
+    }
+    Some(Box::pin(async move {
+        if watchers.is_empty() {
+            std::future::pending::<()>().await
+        } else {
+            futures_util::future::select_all(watchers).await;
+        }
+    }))
 }
 
 #[cfg(test)]
