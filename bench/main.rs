@@ -154,9 +154,11 @@ where
 /// a server replies): the physical limit of this design on this machine.
 async fn broker_limit(concurrency: usize, secs: f64, request: Vec<u8>, reply: Vec<u8>) -> Run {
     let ns = common::namespace("bench-broker").await;
-    let conn = dbaas::broker::connect(&ns.amqp_url, "bench", Duration::from_secs(10))
-        .await
-        .expect("amqp");
+    // Client and server each with their own connection, as the orchestrator and
+    // a worker have (one connection would make its I/O thread the limit).
+    let connect = |name| dbaas::broker::connect(&ns.amqp_url, name, Duration::from_secs(10));
+    let conn = connect("bench-server").await.expect("amqp");
+    let client_conn = connect("bench-client").await.expect("amqp");
     let server = conn.create_channel().await.expect("channel");
     server.basic_qos(64, Default::default()).await.expect("qos");
     server
@@ -191,7 +193,7 @@ async fn broker_limit(concurrency: usize, secs: f64, request: Vec<u8>, reply: Ve
             let _ = d.ack(BasicAckOptions::default()).await;
         }
     });
-    let client = conn.create_channel().await.expect("channel");
+    let client = client_conn.create_channel().await.expect("channel");
     client
         .queue_declare(
             "bench.replies".into(),
