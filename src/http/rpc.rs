@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::actors::dispatcher::{Outbound, Publish};
+use crate::actors::dispatcher::{Outbound, Publish, PublishError};
 use crate::actors::rpc_waiter::Forget;
 use crate::broker::messages::Reply;
 
@@ -24,28 +24,36 @@ pub async fn call(
     request_id: &str,
 ) -> Result<Reply, ApiError> {
     let correlation_id = uuid::Uuid::new_v4().to_string();
-    let (reply, rx) = oneshot::channel();
-    let published = state
-        .dispatcher
-        .send(Publish {
-            request: Outbound {
-                queue,
-                correlation_id: correlation_id.clone(),
-                body,
-                durable,
-                expires_after: state.timeout,
-                request_id: request_id.to_string(),
-            },
-            reply,
-        })
-        .await;
-    match published {
-        Ok(Ok(())) => {}
-        // The dispatcher has already dropped the reply slot.
-        Ok(Err(e)) => {
-            return Err(ApiError::unavailable(e.to_string()));
+    let (reply, mut rx) = oneshot::channel();
+    let mut publish = std::pin::pin!(state.dispatcher.send(Publish {
+        request: Outbound {
+            queue,
+            correlation_id: correlation_id.clone(),
+            body,
+            durable,
+            expires_after: state.timeout,
+            request_id: request_id.to_string(),
+        },
+        reply,
+    }));
+    // The reply can come before the broker's confirm of the request (for a
+    // write the confirm waits for RabbitMQ's disk): a reply means a worker took
+    // the request, so it is the answer either way.
+    let early = tokio::select! {
+        published = &mut publish => {
+            published_ok(published)?;
+            None
         }
-        Err(e) => return Err(e.into()),
+        reply = &mut rx => Some(reply),
+    };
+    match early {
+        Some(Ok(reply)) => return Ok(reply),
+        // The dispatcher dropped the reply slot: it refused or failed to publish.
+        Some(Err(_)) => {
+            published_ok(publish.await)?;
+            return Err(ApiError::internal("reply channel closed"));
+        }
+        None => {}
     }
     match tokio::time::timeout(state.timeout, rx).await {
         Ok(Ok(reply)) => Ok(reply),
@@ -58,6 +66,16 @@ pub async fn call(
                 timeout_message(durable, state.timeout),
             ))
         }
+    }
+}
+
+fn published_ok(
+    published: Result<Result<(), PublishError>, actix::MailboxError>,
+) -> Result<(), ApiError> {
+    match published {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ApiError::unavailable(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 
