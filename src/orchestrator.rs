@@ -77,8 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             reads: conn.create_channel().await?,
             writes: broker::confirmed_channel(&conn).await?,
         },
-        waiter.clone().recipient(),
-        waiter.clone().recipient(),
+        waiter.clone(),
     )
     .start();
     let election = Election::new()

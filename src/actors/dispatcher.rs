@@ -15,7 +15,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel};
 use tokio::sync::oneshot;
 
-use super::rpc_waiter::{Expect, Forget};
+use super::rpc_waiter::{Expect, Forget, RpcWaiter};
 use crate::broker::messages::Reply;
 use crate::broker::{self, MASTER_READ_Q, READ_Q, REQUEST_ID_HEADER, RESPONSE_Q};
 use lapin::types::{AMQPValue, FieldTable};
@@ -143,18 +143,16 @@ impl Publisher for AmqpPublisher {
 
 pub struct Dispatcher<P: Publisher> {
     publisher: P,
-    waiter: Recipient<Expect>,
-    forget: Recipient<Forget>,
+    /// Receives the replies; told each request's reply slot before its publish.
+    waiter: Addr<RpcWaiter>,
     routes: Routes,
 }
 
 impl<P: Publisher> Dispatcher<P> {
-    /// `waiter` is the `RpcWaiter` that receives the replies.
-    pub fn new(publisher: P, waiter: Recipient<Expect>, forget: Recipient<Forget>) -> Self {
+    pub fn new(publisher: P, waiter: Addr<RpcWaiter>) -> Self {
         Dispatcher {
             publisher,
             waiter,
-            forget,
             routes: Routes::default(),
         }
     }
@@ -186,12 +184,12 @@ impl<P: Publisher> Handler<Publish> for Dispatcher<P> {
             correlation_id: correlation_id.clone(),
             reply,
         });
-        let forget = self.forget.clone();
+        let waiter = self.waiter.clone();
         let published = self.publisher.publish(request);
         Box::pin(async move {
             let res = published.await;
             if res.is_err() {
-                forget.do_send(Forget { correlation_id });
+                waiter.do_send(Forget { correlation_id });
             }
             res
         })
@@ -247,12 +245,7 @@ mod tests {
 
     fn start(publisher: Recording) -> (Addr<Dispatcher<Recording>>, Addr<RpcWaiter>) {
         let waiter = RpcWaiter::default().start();
-        let dispatcher = Dispatcher::new(
-            publisher,
-            waiter.clone().recipient(),
-            waiter.clone().recipient(),
-        )
-        .start();
+        let dispatcher = Dispatcher::new(publisher, waiter.clone()).start();
         (dispatcher, waiter)
     }
 
