@@ -201,7 +201,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::actors::rpc_waiter::{Delivered, Pending, RpcWaiter};
+    use crate::actors::rpc_waiter::{Delivered, Pending};
     use crate::broker::WRITE_Q;
     use crate::db::WriteOutcome;
 
