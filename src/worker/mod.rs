@@ -6,6 +6,7 @@
 //! supervisor starts a fresh replica in its place.
 
 pub mod election;
+pub mod fence;
 pub mod reads;
 pub mod replica;
 pub mod snapshot;
@@ -25,6 +26,8 @@ use zookeeper_client as zk;
 use crate::broker::{self, messages::SyncMessage, StreamOffset, MASTER_READ_Q, READ_Q, SYNC_Q};
 use crate::coord::{self, Role};
 use crate::db::Store;
+use fence::{Fence, ZkAuthority};
+use reads::MasterGate;
 use replica::Replica;
 
 /// How a worker is started (flags and env of the `worker` binary).
@@ -163,7 +166,7 @@ async fn serve(
     state.role.send_replace(Role::Slave);
     info!(pid = state.pid, seq = state.replica.seq(), took = ?started.elapsed(), "caught up: serving reads");
     snapshot::serve(conn, state.clone(), config.data_dir.clone()).await?;
-    let reads = reads::start(conn, READ_Q, state.clone(), config.read_wait).await?;
+    let reads = reads::start(conn, READ_Q, state.clone(), config.read_wait, None).await?;
     let epoch = election::win(zk, &state).await?;
     state.epoch.store(epoch, Ordering::Relaxed);
     state.role.send_replace(Role::Promoting);
@@ -182,8 +185,29 @@ async fn serve(
         seq = state.replica.seq(),
         "now master: serving writeQ"
     );
-    let _strong_reads = reads::start(conn, MASTER_READ_Q, state.clone(), config.read_wait).await?;
-    writes::run(conn, zk, state, epoch).await
+    // Everything applied so far came from the stream: acknowledged already.
+    let (acked, acked_rx) = watch::channel(state.replica.seq());
+    let fence = Fence::start(ZkAuthority {
+        zk: zk.clone(),
+        pid: state.pid,
+        epoch,
+    });
+    let gate = MasterGate {
+        fence: fence.clone(),
+        acked: acked_rx,
+    };
+    let _master_reads = reads::start(
+        conn,
+        MASTER_READ_Q,
+        state.clone(),
+        config.read_wait,
+        Some(gate),
+    )
+    .await?;
+    tokio::select! {
+        served = writes::run(conn, state, epoch, fence.clone(), acked) => served,
+        why = fence.deposed() => Err(anyhow::anyhow!("deposed: {why}")),
+    }
 }
 
 /// Publishes `message` (a barrier or a marker) on `syncQ` and waits until the

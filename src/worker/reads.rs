@@ -1,17 +1,33 @@
 //! The read service: a slave consumes `readQ` together with the other slaves
 //! (RabbitMQ hands out deliveries round-robin); the master consumes
-//! `readQ.master` (strong reads). The consumer runs on the store thread, so each
-//! read runs in place on this replica; it is answered on the request's
-//! `reply_to` queue with its correlation id.
+//! `readQ.master` (strong reads, and eventual ones while no slave serves). The
+//! consumer runs on the store thread, so each read runs in place on this
+//! replica; it is answered on the request's `reply_to` queue with its
+//! correlation id.
+//!
+//! The master answers only what it can prove ([`MasterGate`]): it reads, waits
+//! until every write the read saw is acknowledged (confirmed on `syncQ` and
+//! fenced), and then passes a fencing check that started after the read. A
+//! master that was deposed meanwhile (paused, cut off) answers nothing: the
+//! read goes back to the queue for the new master. So a strong read sees every
+//! write acknowledged before it began, and never state that was not
+//! acknowledged.
+//!
+//! A read that must wait for its `min_seq` gives its delivery back first (it is
+//! acked and parked), so reads waiting on a far `min_seq` never hold the
+//! prefetch slots other reads need.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use super::fence::Fence;
 use super::WorkerState;
 use crate::broker;
 use crate::broker::messages::{ErrorReply, ReadMessage, Reply};
@@ -19,13 +35,22 @@ use crate::broker::messages::{ErrorReply, ReadMessage, Reply};
 /// Deliveries in flight per slave; also how many reads it runs at once.
 const PREFETCH: u16 = 32;
 
-/// Starts consuming `queue`; the returned channel is closed to stop (unacked
-/// reads go back to the queue for another worker).
+/// What a master checks before a read's answer leaves it.
+#[derive(Clone)]
+pub struct MasterGate {
+    pub fence: Fence,
+    /// The last sequence number acknowledged by this master's write service.
+    pub acked: watch::Receiver<u64>,
+}
+
+/// Starts consuming `queue` (a master passes its `gate`); the returned channel
+/// is closed to stop (unacked reads go back to the queue for another worker).
 pub async fn start(
     conn: &Connection,
     queue: &str,
     state: WorkerState,
     read_wait: Duration,
+    gate: Option<MasterGate>,
 ) -> lapin::Result<Channel> {
     let channel = broker::consumer_channel(conn, PREFETCH).await?;
     let replies = conn.create_channel().await?;
@@ -44,31 +69,94 @@ pub async fn start(
             let Ok(delivery) = delivery else { break };
             let state = state.clone();
             let replies = replies.clone();
-            tokio::spawn(async move {
-                let request_id = broker::request_id(&delivery.properties).unwrap_or_default();
-                let reply = answer(&state, &delivery.data, read_wait).await;
-                debug!(
-                    request_id,
-                    ok = !matches!(reply, Reply::Error(_)),
-                    "served read"
-                );
-                if let Err(e) = broker::reply(&replies, &delivery.properties, &reply).await {
-                    warn!(error = %e, "could not send read reply");
-                }
-                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                    warn!(error = %e, "could not ack read");
-                }
-            });
+            let gate = gate.clone();
+            tokio::spawn(
+                async move { serve_one(&state, delivery, &replies, read_wait, gate).await },
+            );
         }
     });
     Ok(channel)
 }
 
-async fn answer(state: &WorkerState, body: &[u8], read_wait: Duration) -> Reply {
-    let message: ReadMessage = match serde_json::from_slice(body) {
+async fn serve_one(
+    state: &WorkerState,
+    delivery: Delivery,
+    replies: &Channel,
+    read_wait: Duration,
+    gate: Option<MasterGate>,
+) {
+    let request_id = broker::request_id(&delivery.properties).unwrap_or_default();
+    let mut acked = false;
+    let message: ReadMessage = match serde_json::from_slice(&delivery.data) {
         Ok(m) => m,
-        Err(e) => return Reply::Error(ErrorReply::bad_request(e.to_string())),
+        Err(e) => {
+            let reply = Reply::Error(ErrorReply::bad_request(e.to_string()));
+            return send(replies, delivery, &reply, acked).await;
+        }
     };
+    if message
+        .request
+        .min_seq
+        .is_some_and(|m| m > state.replica.seq())
+    {
+        // Parked: the slot goes to other reads while this one waits.
+        ack(&delivery).await;
+        acked = true;
+    }
+    let reply = answer(state, message, read_wait).await;
+    if let (Some(gate), Reply::Read(outcome)) = (gate, &reply) {
+        if let Err(why) = gate.vouch(outcome.seq, read_wait).await {
+            debug!(request_id, reason = %why, "read not answered: not provably master");
+            if !acked {
+                // Back to the queue for the current master.
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                if let Err(e) = delivery.nack(requeue).await {
+                    warn!(error = %e, "could not give a read back");
+                }
+            }
+            return;
+        }
+    }
+    debug!(
+        request_id,
+        ok = !matches!(reply, Reply::Error(_)),
+        "served read"
+    );
+    send(replies, delivery, &reply, acked).await
+}
+
+impl MasterGate {
+    /// Ok once the state up to `seq` is acknowledged and this worker has been
+    /// confirmed master after the read.
+    async fn vouch(&self, seq: u64, patience: Duration) -> Result<(), String> {
+        let mut acked = self.acked.clone();
+        tokio::time::timeout(patience, acked.wait_for(|a| *a >= seq))
+            .await
+            .map_err(|_| format!("writes up to seq {seq} not acknowledged within {patience:?}"))?
+            .map_err(|_| "the write service ended".to_string())?;
+        self.fence.check().await
+    }
+}
+
+async fn send(replies: &Channel, delivery: Delivery, reply: &Reply, acked: bool) {
+    if let Err(e) = broker::reply(replies, &delivery.properties, reply).await {
+        warn!(error = %e, "could not send read reply");
+    }
+    if !acked {
+        ack(&delivery).await;
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        warn!(error = %e, "could not ack read");
+    }
+}
+
+async fn answer(state: &WorkerState, message: ReadMessage, read_wait: Duration) -> Reply {
     if let Some(min) = message.request.min_seq {
         if !state.replica.wait_for_seq(min, read_wait).await {
             return Reply::Error(ErrorReply {

@@ -18,15 +18,14 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use lapin::PublisherConfirm;
 use lapin::{BasicProperties, Channel, Connection};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
+use super::fence::Fence;
 use super::WorkerState;
 use crate::broker::messages::{ErrorReply, Reply, SyncMessage, WriteMessage};
 use crate::broker::{self, SYNC_Q, WRITE_Q};
-use crate::coord::{self, MasterInfo};
 use crate::db::{Commit, DbError};
-use zookeeper_client as zk;
 
 /// Writes committed together at most.
 pub const MAX_BATCH: usize = 64;
@@ -46,12 +45,15 @@ struct Committed {
 /// Consumes `writeQ` until the consumer ends, publishing to `syncQ` fails or
 /// this worker is no longer the master; either way the error is returned and the
 /// worker stops (a write committed here but not published must not be answered
-/// from this copy again).
+/// from this copy again). `acked` is raised to the last sequence number
+/// answered, once its entry is confirmed on `syncQ` and the fence has passed:
+/// state up to it is acknowledged, so strong reads may show it.
 pub async fn run(
     conn: &Connection,
-    zk: &zk::Client,
     state: WorkerState,
     epoch: u64,
+    fence: Fence,
+    acked: watch::Sender<u64>,
 ) -> anyhow::Result<()> {
     let channel = broker::consumer_channel(conn, (MAX_BATCH * IN_FLIGHT) as u16).await?;
     let sync = broker::confirmed_channel(conn).await?;
@@ -65,7 +67,7 @@ pub async fn run(
         )
         .await?;
     let (committed, to_answer) = mpsc::channel(IN_FLIGHT);
-    let mut answering = tokio::spawn(answer(to_answer, zk.clone(), replies, state.pid, epoch));
+    let mut answering = tokio::spawn(answer(to_answer, fence, replies, acked));
     loop {
         let first = tokio::select! {
             biased;
@@ -168,10 +170,9 @@ fn reply_for(result: Option<Result<Commit, DbError>>) -> Reply {
 /// waiting together are answered together: one fencing check for all of them.
 async fn answer(
     mut batches: mpsc::Receiver<Committed>,
-    zk: zk::Client,
+    fence: Fence,
     replies: Channel,
-    pid: u32,
-    epoch: u64,
+    acked: watch::Sender<u64>,
 ) -> anyhow::Result<()> {
     while let Some(first) = batches.recv().await {
         let mut group = vec![first];
@@ -202,7 +203,10 @@ async fn answer(
         // master that was paused past its session and replaced stops here, so
         // its writes go back to writeQ for the new master (its entries, of an
         // old epoch, are ignored by replicas that saw the new master's barrier).
-        still_master(&zk, pid, epoch).await?;
+        fence
+            .check()
+            .await
+            .map_err(|why| anyhow::anyhow!("{why}; not acknowledging"))?;
 
         let sent = group
             .iter()
@@ -221,6 +225,11 @@ async fn answer(
         if let Some(last) = group.last().and_then(|b| b.deliveries.last()) {
             last.ack(BasicAckOptions { multiple: true }).await?;
         }
+        acked.send_if_modified(|a| {
+            let raised = last_seq > *a;
+            *a = (*a).max(last_seq);
+            raised
+        });
     }
     Ok(())
 }
@@ -230,18 +239,5 @@ fn answering_ended(ended: Result<anyhow::Result<()>, tokio::task::JoinError>) ->
         Ok(Err(e)) => e,
         Ok(Ok(())) => anyhow::anyhow!("the write answering task ended"),
         Err(e) => anyhow::anyhow!("the write answering task failed: {e}"),
-    }
-}
-
-/// Fails unless the master znode still names this worker and epoch.
-async fn still_master(zk: &zk::Client, pid: u32, epoch: u64) -> anyhow::Result<()> {
-    match coord::master(zk).await {
-        Ok(Some(MasterInfo { pid: p, epoch: e })) if p == pid && e == epoch => Ok(()),
-        Ok(other) => Err(anyhow::anyhow!(
-            "no longer master (master znode: {other:?}); not acknowledging"
-        )),
-        Err(e) => Err(anyhow::anyhow!(
-            "cannot confirm leadership with ZooKeeper ({e}); not acknowledging"
-        )),
     }
 }
