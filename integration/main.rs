@@ -6,6 +6,7 @@ mod compose;
 mod containers;
 mod data_path;
 mod docs;
+mod failover;
 mod ha;
 mod observability;
 mod replication;

@@ -46,8 +46,8 @@ pub fn http_request(endpoint: &str, status: u16, elapsed: Duration) {
 }
 
 /// A request that got no reply from a worker in time.
-pub fn rpc_timeout(queue: &'static str) {
-    counter!("dbaas_rpc_timeouts_total", "queue" => queue).increment(1);
+pub fn rpc_timeout(kind: &'static str) {
+    counter!("dbaas_rpc_timeouts_total", "kind" => kind).increment(1);
 }
 
 /// A publish to the broker: `confirmed` (writes, acked by the broker), `sent`

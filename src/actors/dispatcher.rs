@@ -1,11 +1,16 @@
 //! `Dispatcher`: owns the orchestrator's publishing channels and puts requests
-//! on `readQ` and `writeQ` with `reply_to = responseQ` and a correlation id.
-//! Writes are persistent and confirmed by the broker (a confirmed write survives a
-//! broker restart and waits in `writeQ` until a master takes it); reads expire
-//! after the request timeout so a read nobody could serve does not linger.
+//! on `readQ`, `readQ.master` and `writeQ` with `reply_to = responseQ` and a
+//! correlation id. Writes are persistent and confirmed by the broker (a
+//! confirmed write survives a broker restart and waits in `writeQ` until a
+//! master takes it); reads expire after the request timeout so a read nobody
+//! could serve does not linger.
 //!
-//! It keeps the [`Routes`] the `Election` last told it, so a read nobody can
-//! serve is refused at once, and it registers each request's reply slot with the
+//! It keeps the [`Routes`] the `Election` last told it and chooses the queue:
+//! strong reads go to the master; eventual reads go to the slaves, or to the
+//! master while no slave serves (after a promotion, a slave crash, at start).
+//! Nothing is refused for lack of a worker: a request published while nobody
+//! serves waits in its queue for the next worker (a failover takes well under
+//! the request timeout). It registers each request's reply slot with the
 //! `RpcWaiter` before publishing: one message from the HTTP handler per request.
 
 use std::time::Duration;
@@ -17,7 +22,8 @@ use tokio::sync::oneshot;
 
 use super::rpc_waiter::{Expect, Forget, RpcWaiter};
 use crate::broker::messages::Reply;
-use crate::broker::{self, MASTER_READ_Q, READ_Q, REQUEST_ID_HEADER, RESPONSE_Q};
+use crate::broker::{self, MASTER_READ_Q, READ_Q, REQUEST_ID_HEADER, RESPONSE_Q, WRITE_Q};
+use crate::db::Consistency;
 use lapin::types::{AMQPValue, FieldTable};
 
 /// Publish one request and have its reply sent to `reply`; resolves once the
@@ -30,14 +36,21 @@ pub struct Publish {
     pub reply: oneshot::Sender<Reply>,
 }
 
+/// What a request is, which decides where it goes and how it is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Read(Consistency),
+    /// Persistent and confirmed; waits durably in `writeQ` for a master.
+    Write,
+}
+
 /// One request as it goes to the broker.
 #[derive(Debug, Clone)]
 pub struct Outbound {
-    pub queue: &'static str,
+    pub kind: Kind,
     pub correlation_id: String,
     pub body: Vec<u8>,
-    /// Persistent and confirmed (writes), or transient with an expiry (reads).
-    pub durable: bool,
+    /// Reads expire from their queue after this long.
     pub expires_after: Duration,
     /// Carried to the worker in the `x-request-id` header, for its logs.
     pub request_id: String,
@@ -55,20 +68,19 @@ pub struct Routes {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
-    /// Nobody consumes the queue now: the request would only wait and expire.
-    #[error("{0}")]
-    NoConsumer(&'static str),
     #[error("publish to the broker failed: {0}")]
     Broker(String),
 }
 
-/// Why a request to `queue` cannot be served now (writes always can: they wait
-/// durably in `writeQ` for a master).
-fn refusal(routes: Routes, queue: &str) -> Option<&'static str> {
-    match queue {
-        READ_Q if routes.serving_slaves == 0 => Some("no slave is available to serve reads"),
-        MASTER_READ_Q if !routes.master => Some("no master is available for a strong read"),
-        _ => None,
+/// The queue a request of `kind` goes to under `routes`.
+pub fn queue_for(routes: Routes, kind: Kind) -> &'static str {
+    match kind {
+        Kind::Write => WRITE_Q,
+        Kind::Read(Consistency::Strong) => MASTER_READ_Q,
+        // The master holds every acknowledged write: it answers while no
+        // slave serves; with neither (mid-failover) the next master will.
+        Kind::Read(Consistency::Eventual) if routes.serving_slaves == 0 => MASTER_READ_Q,
+        Kind::Read(Consistency::Eventual) => READ_Q,
     }
 }
 
@@ -76,6 +88,7 @@ fn refusal(routes: Routes, queue: &str) -> Option<&'static str> {
 pub trait Publisher: Unpin + 'static {
     fn publish(
         &self,
+        queue: &'static str,
         msg: Outbound,
     ) -> futures_util::future::BoxFuture<'static, Result<(), PublishError>>;
 }
@@ -89,6 +102,7 @@ pub struct AmqpPublisher {
 impl Publisher for AmqpPublisher {
     fn publish(
         &self,
+        queue: &'static str,
         msg: Outbound,
     ) -> futures_util::future::BoxFuture<'static, Result<(), PublishError>> {
         let mut headers = FieldTable::default();
@@ -101,16 +115,17 @@ impl Publisher for AmqpPublisher {
             .with_reply_to(RESPONSE_Q.into())
             .with_content_type("application/json".into())
             .with_headers(headers);
-        let (channel, durable) = if msg.durable {
-            (self.writes.clone(), true)
+        let durable = msg.kind == Kind::Write;
+        let channel = if durable {
+            self.writes.clone()
         } else {
-            (self.reads.clone(), false)
+            self.reads.clone()
         };
         Box::pin(async move {
             let res = if durable {
                 broker::publish_confirmed(
                     &channel,
-                    msg.queue,
+                    queue,
                     &msg.body,
                     props,
                     Duration::from_secs(10),
@@ -121,7 +136,7 @@ impl Publisher for AmqpPublisher {
                 channel
                     .basic_publish(
                         "".into(),
-                        msg.queue.into(),
+                        queue.into(),
                         BasicPublishOptions::default(),
                         &msg.body,
                         props,
@@ -135,7 +150,7 @@ impl Publisher for AmqpPublisher {
                 (Ok(()), true) => "confirmed",
                 (Ok(()), false) => "sent",
             };
-            crate::prometheus::publish(msg.queue, outcome);
+            crate::prometheus::publish(queue, outcome);
             res.map_err(|e| PublishError::Broker(e.to_string()))
         })
     }
@@ -174,9 +189,7 @@ impl<P: Publisher> Handler<Publish> for Dispatcher<P> {
 
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) -> Self::Result {
         let Publish { request, reply } = msg;
-        if let Some(why) = refusal(self.routes, request.queue) {
-            return Box::pin(async move { Err(PublishError::NoConsumer(why)) });
-        }
+        let queue = queue_for(self.routes, request.kind);
         // Registered before the publish, and the waiter's mailbox is in order:
         // the reply (which follows the publish) always finds its slot.
         let correlation_id = request.correlation_id.clone();
@@ -185,7 +198,7 @@ impl<P: Publisher> Handler<Publish> for Dispatcher<P> {
             reply,
         });
         let waiter = self.waiter.clone();
-        let published = self.publisher.publish(request);
+        let published = self.publisher.publish(queue, request);
         Box::pin(async move {
             let res = published.await;
             if res.is_err() {
@@ -202,7 +215,6 @@ mod tests {
 
     use super::*;
     use crate::actors::rpc_waiter::{Delivered, Pending};
-    use crate::broker::WRITE_Q;
     use crate::db::WriteOutcome;
 
     /// Records what it publishes; fails every publish when `fail` is set.
@@ -215,6 +227,7 @@ mod tests {
     impl Publisher for Recording {
         fn publish(
             &self,
+            queue: &'static str,
             msg: Outbound,
         ) -> futures_util::future::BoxFuture<'static, Result<(), PublishError>> {
             let (sent, fail) = (self.sent.clone(), self.fail);
@@ -223,20 +236,22 @@ mod tests {
                     return Err(PublishError::Broker("connection closed".into()));
                 }
                 if let Ok(mut s) = sent.lock() {
-                    s.push(format!("{} {}", msg.queue, msg.correlation_id));
+                    s.push(format!("{queue} {}", msg.correlation_id));
                 }
                 Ok(())
             })
         }
     }
 
-    fn publish(queue: &'static str, id: &str) -> (Publish, oneshot::Receiver<Reply>) {
+    const EVENTUAL: Kind = Kind::Read(Consistency::Eventual);
+    const STRONG: Kind = Kind::Read(Consistency::Strong);
+
+    fn publish(kind: Kind, id: &str) -> (Publish, oneshot::Receiver<Reply>) {
         let (reply, rx) = oneshot::channel();
         let request = Outbound {
-            queue,
+            kind,
             correlation_id: id.into(),
             body: b"{}".to_vec(),
-            durable: queue == WRITE_Q,
             expires_after: Duration::from_secs(1),
             request_id: "r".into(),
         };
@@ -253,42 +268,50 @@ mod tests {
         p.sent.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    async fn send_all(d: &Addr<Dispatcher<Recording>>, msgs: &[(Kind, &str)]) {
+        for (kind, id) in msgs {
+            let (msg, _) = publish(*kind, id);
+            d.send(msg).await.expect("send").expect("published");
+        }
+    }
+
     #[actix_rt::test]
-    async fn refuses_reads_nobody_serves_and_always_takes_writes() {
+    async fn eventual_reads_go_to_the_master_while_no_slave_serves_and_nothing_is_refused() {
         let publisher = Recording::default();
         let (dispatcher, waiter) = start(publisher.clone());
-        let (msg, _) = publish(READ_Q, "r1");
-        let refused = dispatcher.send(msg).await.expect("send");
-        assert!(matches!(refused, Err(PublishError::NoConsumer(_))));
-        let (msg, _) = publish(MASTER_READ_Q, "s1");
-        let refused = dispatcher.send(msg).await.expect("send");
-        assert!(matches!(refused, Err(PublishError::NoConsumer(_))));
-        // Writes wait durably in writeQ for a master.
-        let (msg, _) = publish(WRITE_Q, "w1");
-        dispatcher
-            .send(msg)
-            .await
-            .expect("send")
-            .expect("published");
-        assert_eq!(sent(&publisher), vec!["writeQ w1"]);
-        assert_eq!(waiter.send(Pending).await.expect("send"), 1);
+        // Nobody serves yet (start, or mid-failover): everything waits in a
+        // queue the next master serves.
+        send_all(
+            &dispatcher,
+            &[(EVENTUAL, "r1"), (STRONG, "s1"), (Kind::Write, "w1")],
+        )
+        .await;
+        assert_eq!(
+            sent(&publisher),
+            vec!["readQ.master r1", "readQ.master s1", "writeQ w1"]
+        );
+        assert_eq!(waiter.send(Pending).await.expect("send"), 3);
 
-        dispatcher
-            .send(Routes {
-                serving_slaves: 1,
-                master: false,
-            })
-            .await
-            .expect("send");
-        let (msg, _) = publish(READ_Q, "r2");
-        dispatcher
-            .send(msg)
-            .await
-            .expect("send")
-            .expect("published");
-        let (msg, _) = publish(MASTER_READ_Q, "s2");
-        assert!(dispatcher.send(msg).await.expect("send").is_err());
-        assert_eq!(sent(&publisher), vec!["writeQ w1", "readQ r2"]);
+        let routes = |serving_slaves, master| Routes {
+            serving_slaves,
+            master,
+        };
+        dispatcher.send(routes(0, true)).await.expect("send");
+        send_all(&dispatcher, &[(EVENTUAL, "r2")]).await;
+        dispatcher.send(routes(1, true)).await.expect("send");
+        send_all(&dispatcher, &[(EVENTUAL, "r3"), (STRONG, "s3")]).await;
+        // The only slave is promoted: reads go back to the master.
+        dispatcher.send(routes(0, false)).await.expect("send");
+        send_all(&dispatcher, &[(EVENTUAL, "r4")]).await;
+        assert_eq!(
+            sent(&publisher)[3..],
+            [
+                "readQ.master r2",
+                "readQ r3",
+                "readQ.master s3",
+                "readQ.master r4"
+            ]
+        );
     }
 
     #[actix_rt::test]
@@ -301,7 +324,7 @@ mod tests {
             })
             .await
             .expect("send");
-        let (msg, rx) = publish(READ_Q, "c-1");
+        let (msg, rx) = publish(EVENTUAL, "c-1");
         dispatcher
             .send(msg)
             .await
@@ -325,7 +348,7 @@ mod tests {
             fail: true,
             ..Recording::default()
         });
-        let (msg, rx) = publish(WRITE_Q, "w1");
+        let (msg, rx) = publish(Kind::Write, "w1");
         let failed = dispatcher.send(msg).await.expect("send");
         assert!(matches!(failed, Err(PublishError::Broker(_))));
         assert_eq!(waiter.send(Pending).await.expect("send"), 0);

@@ -4,6 +4,11 @@
 //! exits: too few workers → start more (a dead one is so replaced); too many →
 //! gracefully stop the highest-pid slaves (a stop on purpose is not a crash, so
 //! nothing replaces it). It also carries out the crash API.
+//!
+//! A worker whose ZooKeeper registration vanished while its process lives (it
+//! was paused or cut off past its session) is ended: its session is gone, so it
+//! may no longer serve, and killing it hands the deliveries it holds back to
+//! the queues at once, for its successor (it is then replaced like any death).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -74,6 +79,7 @@ pub struct SupervisorEvent {
 
 const START_PATIENCE: Duration = Duration::from_secs(60);
 const EVENTS_KEPT: usize = 50;
+const ENDED_KEPT: usize = 256;
 
 pub struct ContainerSupervisor {
     runtime: Arc<dyn WorkerRuntime>,
@@ -92,6 +98,11 @@ pub struct ContainerSupervisor {
     dead: BTreeSet<u32>,
     /// Being killed by the crash API.
     crashing: BTreeSet<u32>,
+    /// Being ended because their registration vanished while they ran.
+    lost: BTreeSet<u32>,
+    /// The most recent deaths already handled (an exit can be reported twice:
+    /// by the kill that caused it and by the runtime).
+    ended: VecDeque<u32>,
     events: VecDeque<SupervisorEvent>,
     /// No decision before the first membership: registered workers are adopted, not duplicated.
     seen_membership: bool,
@@ -112,6 +123,8 @@ impl ContainerSupervisor {
             stopping: BTreeSet::new(),
             dead: BTreeSet::new(),
             crashing: BTreeSet::new(),
+            lost: BTreeSet::new(),
+            ended: VecDeque::new(),
             events: VecDeque::new(),
             seen_membership: false,
             shutting_down: false,
@@ -220,18 +233,48 @@ impl ContainerSupervisor {
             .spawn(ctx);
     }
 
+    /// Ends a worker whose registration vanished while it may still run.
+    fn end_lost(&mut self, pid: u32, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            return;
+        }
+        self.lost.insert(pid);
+        warn!(
+            pid,
+            "worker's ZooKeeper registration vanished; ending the process"
+        );
+        let runtime = self.runtime.clone();
+        async move { runtime.kill(pid).await }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                if let Err(e) = res {
+                    // Already gone is the common case (it exited on its own).
+                    info!(pid, error = %e, "ending a lost worker");
+                }
+                act.mark_dead(pid, ctx);
+            })
+            .spawn(ctx);
+    }
+
     /// Records `pid` as gone: hides it at once and removes its znodes.
     fn mark_dead(&mut self, pid: u32, ctx: &mut Context<Self>) {
         let on_purpose = self.stopping.remove(&pid);
         let crashed = self.crashing.remove(&pid);
+        let lost = self.lost.remove(&pid);
         self.starting.remove(&pid);
-        if !self.dead.insert(pid) {
+        if self.ended.contains(&pid) {
             return;
         }
-        let cause = match (self.shutting_down, on_purpose, crashed) {
-            (true, _, _) => "shutdown",
-            (_, true, _) => "scale_in",
-            (_, _, true) => "crash_api",
+        self.ended.push_back(pid);
+        if self.ended.len() > ENDED_KEPT {
+            self.ended.pop_front();
+        }
+        self.dead.insert(pid);
+        let cause = match (self.shutting_down, on_purpose, crashed, lost) {
+            (true, ..) => "shutdown",
+            (_, true, ..) => "scale_in",
+            (_, _, true, _) => "crash_api",
+            (.., true) => "lost",
             _ => "died",
         };
         prometheus::worker_stopped(cause);
@@ -240,6 +283,7 @@ impl ContainerSupervisor {
                 "worker {pid} killed by the crash API; replacing it"
             )),
             "died" => self.event(format!("worker {pid} died; replacing it")),
+            "lost" => self.event(format!("worker {pid} ended; replacing it")),
             _ => {}
         }
         if let Some(e) = &self.election {
@@ -280,6 +324,22 @@ impl Handler<Membership> for ContainerSupervisor {
     type Result = ();
     fn handle(&mut self, m: Membership, ctx: &mut Context<Self>) {
         let listed = m.pids();
+        let vanished: Vec<u32> = self
+            .view
+            .pids()
+            .difference(&listed)
+            .copied()
+            .filter(|p| {
+                !self.dead.contains(p)
+                    && !self.stopping.contains(p)
+                    && !self.crashing.contains(p)
+                    && !self.lost.contains(p)
+                    && !self.ended.contains(p)
+            })
+            .collect();
+        for pid in vanished {
+            self.end_lost(pid, ctx);
+        }
         self.starting.retain(|p, _| !listed.contains(p));
         self.dead.retain(|p| listed.contains(p));
         self.view = m;
@@ -562,6 +622,22 @@ mod tests {
         sup.send(membership(5, &[5, 9])).await.expect("send");
         settle(&sup).await;
         assert_eq!(rt.calls(), vec!["start 100"]);
+    }
+
+    #[actix_rt::test]
+    async fn a_worker_whose_registration_vanished_is_ended_and_replaced() {
+        let rt = Arc::new(Recording::default());
+        let sup = ContainerSupervisor::new(rt.clone(), 1).start();
+        sup.send(membership(5, &[5, 9])).await.expect("send");
+        // 5 was paused past its session: ZooKeeper dropped it, its process lives.
+        sup.send(membership(9, &[9])).await.expect("send");
+        settle(&sup).await;
+        assert_eq!(rt.calls(), vec!["kill 5", "start 100"]);
+        // Its exit, reported by the runtime afterwards, changes nothing.
+        sup.send(WorkerExited(5)).await.expect("send");
+        sup.send(membership(9, &[9])).await.expect("send");
+        settle(&sup).await;
+        assert_eq!(rt.calls(), vec!["kill 5", "start 100"]);
     }
 
     #[actix_rt::test]

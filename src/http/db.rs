@@ -6,11 +6,11 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::{body, rpc, AppState};
+use crate::actors::dispatcher::Kind;
 use crate::actors::scaler::ReadReceived;
 use crate::broker::messages::{ReadMessage, Reply, WriteMessage};
-use crate::broker::{MASTER_READ_Q, READ_Q, WRITE_Q};
 use crate::db::request::parse;
-use crate::db::{Consistency, ReadRequest, WriteRequest};
+use crate::db::{ReadRequest, WriteRequest};
 
 /// Header a client may set so a retried write is applied once.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
@@ -23,15 +23,11 @@ pub async fn read(
     state.scaler.do_send(ReadReceived);
     let body = body::read(&req, payload).await?;
     let request: ReadRequest = parse(&body)?;
-    // The dispatcher refuses a read nobody can serve now (503).
-    let queue = match request.consistency {
-        Consistency::Eventual => READ_Q,
-        Consistency::Strong => MASTER_READ_Q,
-    };
+    let kind = Kind::Read(request.consistency);
     let message = serde_json::to_vec(&ReadMessage { request })
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let id = super::observe::request_id(&req);
-    match rpc::call(&state, queue, message, false, &id).await? {
+    match rpc::call(&state, kind, message, &id).await? {
         Reply::Read(outcome) => Ok(HttpResponse::Ok().json(outcome)),
         Reply::Error(e) => Err(rpc::worker_error(e.status, e.error)),
         Reply::Write(_) => Err(ApiError::internal("a read got a write's reply")),
@@ -77,7 +73,7 @@ async fn submit_write(
     let message = serde_json::to_vec(&WriteMessage { write_id, request })
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let id = super::observe::request_id(req);
-    match rpc::call(state, WRITE_Q, message, true, &id).await? {
+    match rpc::call(state, Kind::Write, message, &id).await? {
         Reply::Write(outcome) => Ok(outcome),
         Reply::Error(e) => Err(rpc::worker_error(e.status, e.error)),
         Reply::Read(_) => Err(ApiError::internal("a write got a read's reply")),

@@ -9,28 +9,26 @@ use tokio::sync::oneshot;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::actors::dispatcher::{Outbound, Publish, PublishError};
+use crate::actors::dispatcher::{Kind, Outbound, Publish, PublishError};
 use crate::actors::rpc_waiter::Forget;
 use crate::broker::messages::Reply;
 
-/// Sends `body` to `queue` and waits for the reply. A timeout is a 504 whose
-/// message says whether the request may still be applied (`durable` writes wait
-/// in `writeQ` for a master).
+/// Sends `body` as a request of `kind` and waits for the reply. A timeout is a
+/// 504 whose message says whether the request may still be applied (writes
+/// wait in `writeQ` for a master).
 pub async fn call(
     state: &AppState,
-    queue: &'static str,
+    kind: Kind,
     body: Vec<u8>,
-    durable: bool,
     request_id: &str,
 ) -> Result<Reply, ApiError> {
     let correlation_id = uuid::Uuid::new_v4().to_string();
     let (reply, mut rx) = oneshot::channel();
     let mut publish = std::pin::pin!(state.dispatcher.send(Publish {
         request: Outbound {
-            queue,
+            kind,
             correlation_id: correlation_id.clone(),
             body,
-            durable,
             expires_after: state.timeout,
             request_id: request_id.to_string(),
         },
@@ -60,10 +58,10 @@ pub async fn call(
         Ok(Err(_)) => Err(ApiError::internal("reply channel closed")),
         Err(_) => {
             state.waiter.do_send(Forget { correlation_id });
-            crate::prometheus::rpc_timeout(queue);
+            crate::prometheus::rpc_timeout(kind_label(kind));
             Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
-                timeout_message(durable, state.timeout),
+                timeout_message(kind, state.timeout),
             ))
         }
     }
@@ -79,8 +77,16 @@ fn published_ok(
     }
 }
 
-fn timeout_message(durable: bool, timeout: Duration) -> String {
-    if durable {
+fn kind_label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Write => "write",
+        Kind::Read(crate::db::Consistency::Strong) => "strong_read",
+        Kind::Read(crate::db::Consistency::Eventual) => "read",
+    }
+}
+
+fn timeout_message(kind: Kind, timeout: Duration) -> String {
+    if kind == Kind::Write {
         format!("no master answered within {timeout:?}; the write is queued in writeQ and will be applied once, when a master takes it")
     } else {
         format!("no worker answered within {timeout:?}")
