@@ -156,7 +156,7 @@ async fn broker_limit(concurrency: usize, secs: f64, request: Vec<u8>, reply: Ve
     let ns = common::namespace("bench-broker").await;
     // Client and server each with their own connection, as the orchestrator and
     // a worker have (one connection would make its I/O thread the limit).
-    let connect = |name| dbaas::broker::connect(&ns.amqp_url, name, Duration::from_secs(10));
+    let connect = |name| dbaas::broker::open(&ns.amqp_url, name, Duration::from_secs(10));
     let conn = connect("bench-server").await.expect("amqp");
     let client_conn = connect("bench-client").await.expect("amqp");
     let server = conn.create_channel().await.expect("channel");

@@ -7,6 +7,7 @@ mod containers;
 mod data_path;
 mod docs;
 mod failover;
+mod faults;
 mod ha;
 mod observability;
 mod replication;

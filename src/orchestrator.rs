@@ -1,6 +1,9 @@
-//! Wiring of the orchestrator process: connects to RabbitMQ and ZooKeeper,
-//! starts the actors, feeds them (replies from `responseQ`, ZooKeeper
-//! membership, worker exits), serves HTTP, and shuts down in order.
+//! Wiring of the orchestrator process: starts the actors, keeps its RabbitMQ
+//! session and its ZooKeeper session (both come back after their server
+//! restarts), feeds the actors (replies from `responseQ`, ZooKeeper
+//! membership, worker exits), serves HTTP, and shuts down in order. It never
+//! exits because a dependency is away: it answers 503 meanwhile, and
+//! `/api/v1/ready` says why.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,13 +17,13 @@ use lapin::types::FieldTable;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::actors::dispatcher::{AmqpPublisher, Dispatcher};
+use crate::actors::dispatcher::{AmqpPublisher, Dispatcher, SetPublisher};
 use crate::actors::election::{self, Election};
-use crate::actors::rpc_waiter::{Delivered, RpcWaiter};
+use crate::actors::rpc_waiter::{Abandon, Delivered, RpcWaiter};
 use crate::actors::scaler::Scaler;
 use crate::actors::supervisor::{ContainerSupervisor, StopAll, WorkerExited};
 use crate::broker::{self, messages::Reply, RESPONSE_Q};
-use crate::coord;
+use crate::coord::{self, session::Session};
 use crate::http::{self, AppState};
 use crate::runtime::docker::{DockerConfig, DockerRuntime};
 use crate::runtime::process::{ProcessConfig, ProcessRuntime};
@@ -60,29 +63,19 @@ pub enum RuntimeOptions {
     },
 }
 
-const PATIENCE: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let conn = broker::connect(&config.amqp_url, "orchestrator", PATIENCE).await?;
-    broker::declare_topology(&conn.create_channel().await?).await?;
-    let zk = coord::connect(&config.zk_hosts, config.zk_session_timeout, PATIENCE).await?;
-
     let metrics = crate::prometheus::install()
         .map_err(|e| warn!(error = %e, "metrics disabled"))
         .ok();
     let waiter = RpcWaiter::default().start();
-    let dispatcher = Dispatcher::new(
-        AmqpPublisher {
-            reads: conn.create_channel().await?,
-            writes: broker::confirmed_channel(&conn).await?,
-        },
-        waiter.clone(),
-    )
-    .start();
+    // No publisher until the broker session is up: requests get 503 meanwhile.
+    let dispatcher = Dispatcher::<AmqpPublisher>::new(None, waiter.clone()).start();
     let election = Election::new()
         .with_routes(dispatcher.clone().recipient())
         .start();
+    let zk = Session::start(config.zk_hosts.clone(), config.zk_session_timeout);
 
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let runtime: Arc<dyn WorkerRuntime> = match &config.runtime {
@@ -129,7 +122,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_znode_cleanup(Arc::new(move |pid| {
             let zk = zk_for_cleanup.clone();
             actix::spawn(async move {
-                if let Err(e) = coord::forget_dead_worker(&zk, pid).await {
+                let forgotten = match zk.client() {
+                    Ok(client) => coord::forget_dead_worker(&client, pid).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = forgotten {
                     warn!(pid, error = %e, "could not remove a dead worker's znodes");
                 }
             });
@@ -153,10 +150,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         vec![election.clone().recipient(), supervisor.clone().recipient()],
         Duration::from_millis(500),
     ));
-    consume_replies(&conn, waiter.clone()).await?;
+    actix::spawn(broker_session(
+        config.amqp_url.clone(),
+        dispatcher.clone(),
+        waiter.clone(),
+    ));
 
     let state = web::Data::new(AppState {
-        dispatcher: dispatcher.recipient(),
+        dispatcher: dispatcher.clone().recipient(),
+        broker_probe: dispatcher.recipient(),
+        zk,
         waiter,
         election,
         supervisor: supervisor.clone(),
@@ -185,8 +188,88 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.stop_workers_on_exit {
         let _ = supervisor.send(StopAll).await;
     }
-    let _ = conn.close(200, "orchestrator stopping".into()).await;
     Ok(())
+}
+
+/// Keeps the orchestrator's RabbitMQ session: on each connection, the
+/// Dispatcher's publishing channels and the `responseQ` consumer feeding the
+/// `RpcWaiter`. When the connection breaks, publishing stops at once (503) and
+/// every request waiting for a reply is told (its reply cannot come), then it
+/// reconnects with backoff.
+async fn broker_session(
+    url: String,
+    dispatcher: Addr<Dispatcher<AmqpPublisher>>,
+    waiter: Addr<RpcWaiter>,
+) {
+    broker::link::maintain(url, "orchestrator".into(), move |conn| {
+        let dispatcher = dispatcher.clone();
+        let waiter = waiter.clone();
+        async move {
+            let why = match serve_broker(&conn, &dispatcher, &waiter).await {
+                Ok(why) => why,
+                Err(e) => format!("setting up the session failed: {e}"),
+            };
+            dispatcher.do_send(SetPublisher(None));
+            waiter.do_send(Abandon {
+                reason: "the connection to RabbitMQ was lost".into(),
+            });
+            let _ = conn.close(200, "session over".into()).await;
+            why
+        }
+    })
+    .await
+}
+
+/// One broker session; returns why it ended.
+async fn serve_broker(
+    conn: &lapin::Connection,
+    dispatcher: &Addr<Dispatcher<AmqpPublisher>>,
+    waiter: &Addr<RpcWaiter>,
+) -> anyhow::Result<String> {
+    let publisher = AmqpPublisher {
+        reads: conn.create_channel().await?,
+        writes: broker::confirmed_channel(conn).await?,
+    };
+    let channel = conn.create_channel().await?;
+    let consumer = channel
+        .basic_consume(
+            RESPONSE_Q.into(),
+            "orchestrator-replies".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    dispatcher.send(SetPublisher(Some(publisher))).await?;
+    info!("RabbitMQ session up: publishing and consuming responseQ");
+    Ok(tokio::select! {
+        why = feed_replies(consumer, waiter) => why,
+        why = broker::link::broken(conn) => why,
+    })
+}
+
+/// Feeds every reply on `responseQ` to the `RpcWaiter`; returns why the
+/// consumer ended.
+async fn feed_replies(mut consumer: lapin::Consumer, waiter: &Addr<RpcWaiter>) -> String {
+    while let Some(delivery) = consumer.next().await {
+        let delivery = match delivery {
+            Ok(d) => d,
+            Err(e) => return format!("responseQ consumer failed: {e}"),
+        };
+        let Some(id) = delivery.properties.correlation_id().as_ref() else {
+            continue;
+        };
+        match serde_json::from_slice::<Reply>(&delivery.data) {
+            Ok(reply) => waiter.do_send(Delivered {
+                correlation_id: id.to_string(),
+                reply,
+            }),
+            Err(e) => warn!(error = %e, "unreadable reply on responseQ"),
+        }
+    }
+    "responseQ consumer ended".into()
 }
 
 pub fn worker_env(config: &Config) -> Vec<(String, String)> {
@@ -204,37 +287,4 @@ pub fn worker_env(config: &Config) -> Vec<(String, String)> {
         }
     }
     env
-}
-
-/// Feeds every reply on `responseQ` to the `RpcWaiter`.
-async fn consume_replies(conn: &lapin::Connection, waiter: Addr<RpcWaiter>) -> anyhow::Result<()> {
-    let channel = conn.create_channel().await?;
-    let mut consumer = channel
-        .basic_consume(
-            RESPONSE_Q.into(),
-            "orchestrator-replies".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    actix::spawn(async move {
-        while let Some(delivery) = consumer.next().await {
-            let Ok(delivery) = delivery else { break };
-            let Some(id) = delivery.properties.correlation_id().as_ref() else {
-                continue;
-            };
-            match serde_json::from_slice::<Reply>(&delivery.data) {
-                Ok(reply) => waiter.do_send(Delivered {
-                    correlation_id: id.to_string(),
-                    reply,
-                }),
-                Err(e) => warn!(error = %e, "unreadable reply on responseQ"),
-            }
-        }
-        warn!("responseQ consumer ended");
-    });
-    Ok(())
 }

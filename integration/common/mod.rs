@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod private_brokers;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -122,6 +124,8 @@ pub struct Options {
     pub scale_interval_secs: u64,
     pub worker_bin: Option<PathBuf>,
     pub extra_env: Vec<(String, String)>,
+    /// Brokers of the test's own (default: a fresh vhost and chroot on the shared ones).
+    pub namespace: Option<Namespace>,
 }
 
 impl Default for Options {
@@ -132,6 +136,7 @@ impl Default for Options {
             scale_interval_secs: 3600,
             worker_bin: None,
             extra_env: Vec::new(),
+            namespace: None,
         }
     }
 }
@@ -156,7 +161,10 @@ impl Orchestrator {
 
     /// Starts an orchestrator without waiting for workers.
     pub async fn spawn(test: &str, opts: &Options) -> Orchestrator {
-        let ns = namespace(test).await;
+        let ns = match &opts.namespace {
+            Some(ns) => ns.clone(),
+            None => namespace(test).await,
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("orchestrator.log")).expect("log file");
@@ -243,6 +251,9 @@ impl Orchestrator {
             dir,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                // Below the server's keep-alive (5 s): never reuse a connection
+                // the server is closing (a POST on it fails as incomplete).
+                .pool_idle_timeout(Duration::from_secs(2))
                 .build()
                 .expect("http client"),
         };

@@ -91,6 +91,9 @@ pub trait Publisher: Unpin + 'static {
         queue: &'static str,
         msg: Outbound,
     ) -> futures_util::future::BoxFuture<'static, Result<(), PublishError>>;
+
+    /// One round trip to the broker.
+    fn probe(&self) -> futures_util::future::BoxFuture<'static, Result<(), String>>;
 }
 
 /// The AMQP publisher: one plain channel for reads, one confirmed for writes.
@@ -100,6 +103,22 @@ pub struct AmqpPublisher {
 }
 
 impl Publisher for AmqpPublisher {
+    fn probe(&self) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
+        let channel = self.reads.clone();
+        Box::pin(async move {
+            let passive = lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let declared = channel.queue_declare(RESPONSE_Q.into(), passive, FieldTable::default());
+            match tokio::time::timeout(Duration::from_secs(2), declared).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("RabbitMQ round trip failed: {e}")),
+                Err(_) => Err("RabbitMQ round trip timed out".into()),
+            }
+        })
+    }
+
     fn publish(
         &self,
         queue: &'static str,
@@ -156,15 +175,26 @@ impl Publisher for AmqpPublisher {
     }
 }
 
+/// The broker session's publisher, or `None` while the connection is down
+/// (then every publish fails at once with 503).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetPublisher<P: Publisher>(pub Option<P>);
+
+/// Whether a round trip to the broker works now (for readiness).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Probe;
+
 pub struct Dispatcher<P: Publisher> {
-    publisher: P,
+    publisher: Option<P>,
     /// Receives the replies; told each request's reply slot before its publish.
     waiter: Addr<RpcWaiter>,
     routes: Routes,
 }
 
 impl<P: Publisher> Dispatcher<P> {
-    pub fn new(publisher: P, waiter: Addr<RpcWaiter>) -> Self {
+    pub fn new(publisher: Option<P>, waiter: Addr<RpcWaiter>) -> Self {
         Dispatcher {
             publisher,
             waiter,
@@ -184,12 +214,36 @@ impl<P: Publisher> Handler<Routes> for Dispatcher<P> {
     }
 }
 
+impl<P: Publisher> Handler<SetPublisher<P>> for Dispatcher<P> {
+    type Result = ();
+    fn handle(&mut self, SetPublisher(p): SetPublisher<P>, _: &mut Context<Self>) {
+        self.publisher = p;
+    }
+}
+
+impl<P: Publisher> Handler<Probe> for Dispatcher<P> {
+    type Result = ResponseFuture<Result<(), String>>;
+    fn handle(&mut self, _: Probe, _: &mut Context<Self>) -> Self::Result {
+        match &self.publisher {
+            Some(p) => p.probe(),
+            None => Box::pin(async { Err("not connected to RabbitMQ".to_string()) }),
+        }
+    }
+}
+
 impl<P: Publisher> Handler<Publish> for Dispatcher<P> {
     type Result = ResponseFuture<Result<(), PublishError>>;
 
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) -> Self::Result {
         let Publish { request, reply } = msg;
         let queue = queue_for(self.routes, request.kind);
+        let Some(publisher) = &self.publisher else {
+            return Box::pin(async {
+                Err(PublishError::Broker(
+                    "not connected to RabbitMQ (reconnecting)".into(),
+                ))
+            });
+        };
         // Registered before the publish, and the waiter's mailbox is in order:
         // the reply (which follows the publish) always finds its slot.
         let correlation_id = request.correlation_id.clone();
@@ -198,7 +252,7 @@ impl<P: Publisher> Handler<Publish> for Dispatcher<P> {
             reply,
         });
         let waiter = self.waiter.clone();
-        let published = self.publisher.publish(queue, request);
+        let published = publisher.publish(queue, request);
         Box::pin(async move {
             let res = published.await;
             if res.is_err() {
@@ -225,6 +279,17 @@ mod tests {
     }
 
     impl Publisher for Recording {
+        fn probe(&self) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
+            let fail = self.fail;
+            Box::pin(async move {
+                if fail {
+                    Err("down".into())
+                } else {
+                    Ok(())
+                }
+            })
+        }
+
         fn publish(
             &self,
             queue: &'static str,
@@ -260,7 +325,7 @@ mod tests {
 
     fn start(publisher: Recording) -> (Addr<Dispatcher<Recording>>, Addr<RpcWaiter>) {
         let waiter = RpcWaiter::default().start();
-        let dispatcher = Dispatcher::new(publisher, waiter.clone()).start();
+        let dispatcher = Dispatcher::new(Some(publisher), waiter.clone()).start();
         (dispatcher, waiter)
     }
 
@@ -340,6 +405,26 @@ mod tests {
             reply: outcome.clone(),
         });
         assert_eq!(rx.await.expect("answered"), outcome);
+    }
+
+    #[actix_rt::test]
+    async fn without_a_broker_connection_requests_fail_at_once() {
+        let waiter = RpcWaiter::default().start();
+        let dispatcher = Dispatcher::<Recording>::new(None, waiter.clone()).start();
+        let (msg, rx) = publish(Kind::Write, "w1");
+        let failed = dispatcher.send(msg).await.expect("send");
+        assert!(matches!(failed, Err(PublishError::Broker(_))));
+        assert!(rx.await.is_err(), "no slot was kept");
+        assert!(dispatcher.send(Probe).await.expect("send").is_err());
+        // The connection comes back.
+        let publisher = Recording::default();
+        dispatcher
+            .send(SetPublisher(Some(publisher.clone())))
+            .await
+            .expect("send");
+        send_all(&dispatcher, &[(Kind::Write, "w2")]).await;
+        assert_eq!(sent(&publisher), vec!["writeQ w2"]);
+        assert_eq!(dispatcher.send(Probe).await.expect("send"), Ok(()));
     }
 
     #[actix_rt::test]

@@ -14,6 +14,8 @@ use actix::prelude::*;
 use tracing::{info, warn};
 use zookeeper_client as zk;
 
+use crate::coord::session::Session;
+
 use super::dispatcher::Routes;
 use crate::coord::{self, MasterInfo, Role, WorkerInfo, MASTER, WORKERS};
 
@@ -177,8 +179,19 @@ pub async fn read_membership(client: &zk::Client) -> Result<Membership, zk::Erro
 
 /// Watches ZooKeeper and sends a [`Membership`] to each of `to` on every change of
 /// the worker set or the master, and every `poll` for the workers' progress.
-pub async fn watch(client: zk::Client, to: Vec<Recipient<Membership>>, poll: Duration) {
+/// Each round takes the session's current client, so a renewed session (after
+/// ZooKeeper restarted) is picked up with its watches re-armed.
+pub async fn watch(session: Session, to: Vec<Recipient<Membership>>, poll: Duration) {
     loop {
+        let client = match session.client() {
+            Ok(c) => c,
+            Err(_) => {
+                // No membership is sent while blind: nothing acts on a view
+                // it cannot see.
+                let _ = session.ready(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
         let children = client.get_and_watch_children(WORKERS).await;
         let master = client.check_and_watch_stat(MASTER).await;
         let (children_watch, master_watch) = match (children, master) {

@@ -8,7 +8,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::broker::messages::Reply;
+use crate::broker::messages::{ErrorReply, Reply};
 
 /// Register interest in the reply with this correlation id (before publishing).
 #[derive(Message)]
@@ -31,6 +31,14 @@ pub struct Forget {
 pub struct Delivered {
     pub correlation_id: String,
     pub reply: Reply,
+}
+
+/// The connection the requests went out on is gone, and their replies with it:
+/// every waiting request is answered at once with a 503 saying so.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Abandon {
+    pub reason: String,
 }
 
 /// How many requests are waiting (for status and tests).
@@ -71,6 +79,21 @@ impl Handler<Delivered> for RpcWaiter {
             None => {
                 debug!(id = %msg.correlation_id, "reply for a request nobody waits for (late or duplicate)")
             }
+        }
+    }
+}
+
+impl Handler<Abandon> for RpcWaiter {
+    type Result = ();
+    fn handle(&mut self, msg: Abandon, _: &mut Context<Self>) {
+        for (_, tx) in self.waiting.drain() {
+            let _ = tx.send(Reply::Error(ErrorReply {
+                status: 503,
+                error: format!(
+                    "{}: no reply can come; a write may still be applied once (it waits in writeQ if the broker stored it)",
+                    msg.reason
+                ),
+            }));
         }
     }
 }
@@ -130,6 +153,36 @@ mod tests {
             .expect("send");
         assert_eq!(rx_a.await.expect("a answered"), reply(1));
         assert_eq!(rx_b.await.expect("b answered"), reply(2));
+        assert_eq!(waiter.send(Pending).await.expect("send"), 0);
+    }
+
+    #[actix_rt::test]
+    async fn abandoning_answers_every_waiting_request_with_a_503() {
+        let waiter = RpcWaiter::default().start();
+        let mut rxs = Vec::new();
+        for id in ["a", "b"] {
+            let (tx, rx) = oneshot::channel();
+            waiter.do_send(Expect {
+                correlation_id: id.into(),
+                reply: tx,
+            });
+            rxs.push(rx);
+        }
+        waiter
+            .send(Abandon {
+                reason: "connection lost".into(),
+            })
+            .await
+            .expect("send");
+        for rx in rxs {
+            match rx.await.expect("answered") {
+                Reply::Error(e) => {
+                    assert_eq!(e.status, 503);
+                    assert!(e.error.starts_with("connection lost"), "{}", e.error);
+                }
+                other => panic!("not an error: {other:?}"),
+            }
+        }
         assert_eq!(waiter.send(Pending).await.expect("send"), 0);
     }
 

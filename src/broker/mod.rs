@@ -7,6 +7,7 @@
 //!   from its own offset, so every slave sees every write in the same order and a
 //!   new slave can start reading from where its snapshot ends.
 
+pub mod link;
 pub mod messages;
 
 use std::time::Duration;
@@ -41,31 +42,85 @@ pub const SNAPSHOT_Q: &str = "snapshotQ";
 /// Strong reads, served by the master alone (an extra queue, as the spec allows).
 pub const MASTER_READ_Q: &str = "readQ.master";
 
-/// Connects to `url`, retrying until `patience` runs out (brokers start slowly).
-pub async fn connect(url: &str, name: &str, patience: Duration) -> anyhow::Result<Connection> {
+/// AMQP heartbeat asked for when the URL does not set one: a frozen or dead
+/// peer is noticed within about two intervals, and its unacknowledged
+/// deliveries go back to their queues.
+pub const HEARTBEAT_SECS: u16 = 5;
+
+/// `url` with a `heartbeat` parameter (kept if it has one).
+pub fn with_heartbeat(url: &str) -> String {
+    if url.contains("heartbeat=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&heartbeat={HEARTBEAT_SECS}")
+    } else {
+        format!("{url}?heartbeat={HEARTBEAT_SECS}")
+    }
+}
+
+/// Connects to `url` and declares the topology, retrying with capped backoff
+/// until `patience` runs out. Right after a restart RabbitMQ accepts
+/// connections some time before its durable queues and the stream are usable
+/// (`NOT_FOUND - home node ... is down`), so declaring is part of each attempt.
+pub async fn open(url: &str, name: &str, patience: Duration) -> anyhow::Result<Connection> {
     let deadline = tokio::time::Instant::now() + patience;
     let mut delay = Duration::from_millis(100);
+    let mut last_failure = String::new();
     loop {
-        let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
-        let attempt =
-            tokio::time::timeout(Duration::from_secs(5), Connection::connect(url, props)).await;
-        match attempt {
-            Ok(Ok(conn)) => {
+        let failure = match open_once(url, name).await {
+            Ok(conn) => {
                 info!(name, "connected to RabbitMQ");
                 return Ok(conn);
             }
-            Ok(Err(e)) if tokio::time::Instant::now() >= deadline => {
-                return Err(anyhow::anyhow!("cannot connect to RabbitMQ at {url}: {e}"))
-            }
-            Err(_) if tokio::time::Instant::now() >= deadline => {
-                return Err(anyhow::anyhow!("timed out connecting to RabbitMQ at {url}"))
-            }
-            Ok(Err(e)) => warn!(error = %e, "RabbitMQ not reachable yet, retrying"),
-            Err(_) => warn!("RabbitMQ connection attempt timed out, retrying"),
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(anyhow::anyhow!("RabbitMQ at {url} not usable: {failure}"));
         }
-        tokio::time::sleep(delay).await;
+        // One line per kind of failure, not one per attempt.
+        let class = failure_class(&failure);
+        if class != last_failure {
+            warn!(name, error = %failure, "RabbitMQ not usable yet; retrying with backoff");
+            last_failure = class;
+        }
+        tokio::time::sleep(crate::coord::session::jitter(delay)).await;
         delay = (delay * 2).min(Duration::from_secs(2));
     }
+}
+
+/// One attempt: connect (bounded) and declare the topology.
+pub async fn open_once(url: &str, name: &str) -> anyhow::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
+    let conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        Connection::connect(&with_heartbeat(url), props),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("connection attempt timed out"))??;
+    let declared = tokio::time::timeout(Duration::from_secs(10), async {
+        declare_topology(&conn.create_channel().await?).await
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("declaring the queues timed out"));
+    match declared {
+        Ok(Ok(())) => Ok(conn),
+        Ok(Err(e)) => {
+            let _ = conn.close(200, "topology not ready".into()).await;
+            Err(e.into())
+        }
+        Err(e) => {
+            let _ = conn.close(200, "topology not ready".into()).await;
+            Err(e)
+        }
+    }
+}
+
+/// The error without the parts that change between attempts.
+fn failure_class(e: &anyhow::Error) -> String {
+    e.to_string()
+        .chars()
+        .take_while(|c| !c.is_ascii_digit())
+        .collect()
 }
 
 /// Declares the four queues (idempotent: every process declares them).

@@ -9,6 +9,7 @@
 //! ```
 
 pub mod election;
+pub mod session;
 
 use std::time::Duration;
 

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod db;
 pub mod error;
+pub mod health;
 pub mod observe;
 pub mod rpc;
 pub mod workers;
@@ -14,16 +15,21 @@ use actix::{Addr, Recipient};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpResponse, Route};
 
-use crate::actors::dispatcher::Publish;
+use crate::actors::dispatcher::{Probe, Publish};
 use crate::actors::election::Election;
 use crate::actors::rpc_waiter::RpcWaiter;
 use crate::actors::scaler::Scaler;
 use crate::actors::supervisor::ContainerSupervisor;
+use crate::coord::session::Session;
 use error::ApiError;
 
 /// What the handlers reach: the actors, and how long to wait for a worker.
 pub struct AppState {
     pub dispatcher: Recipient<Publish>,
+    /// A broker round trip, for readiness.
+    pub broker_probe: Recipient<Probe>,
+    /// The orchestrator's ZooKeeper session.
+    pub zk: Session,
     pub waiter: Addr<RpcWaiter>,
     pub election: Addr<Election>,
     pub supervisor: Addr<ContainerSupervisor>,
@@ -73,6 +79,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(workers::scaler),
             "GET",
         ))
+        .service(only("/api/v1/health", web::get().to(health::health), "GET"))
+        .service(only("/api/v1/ready", web::get().to(health::ready), "GET"))
         .service(only("/metrics", web::get().to(observe::metrics), "GET"))
         .service(only("/", web::get().to(observe::status_page), "GET"))
         .default_service(web::to(|| async {

@@ -21,10 +21,9 @@ use bollard::Docker;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tracing::{info, warn};
-use zookeeper_client as zk;
 
 use super::{ExitSender, WorkerRuntime};
-use crate::coord;
+use crate::coord::{self, session::Session};
 
 /// The label that marks a worker container; its value is the instance.
 pub const LABEL: &str = "dbaas.worker";
@@ -96,7 +95,7 @@ pub fn describe(e: &DockerError, image: &str) -> String {
 pub struct DockerRuntime {
     docker: Docker,
     config: DockerConfig,
-    zk: zk::Client,
+    zk: Session,
     exits: ExitSender,
     /// Host pid → container name, for the containers this runtime knows.
     containers: Arc<Mutex<HashMap<u32, String>>>,
@@ -111,7 +110,7 @@ impl DockerRuntime {
     /// containers carrying this instance's label.
     pub async fn connect(
         config: DockerConfig,
-        zk: zk::Client,
+        zk: Session,
         exits: ExitSender,
     ) -> anyhow::Result<DockerRuntime> {
         let docker = Docker::connect_with_defaults()?;
@@ -188,7 +187,9 @@ impl DockerRuntime {
             if let Err(e) = docker.remove_container(&name, Some(remove)).await {
                 warn!(name, error = %e, "could not remove exited container");
             }
-            let _ = zk.delete(&coord::assigned_path(&name), None).await;
+            if let Ok(zk) = zk.client() {
+                let _ = zk.delete(&coord::assigned_path(&name), None).await;
+            }
         });
     }
 
@@ -229,6 +230,8 @@ impl DockerRuntime {
             .map_err(describe)?;
         let pid = self.pid_of(&name).await?;
         self.zk
+            .client()
+            .map_err(|e| anyhow::anyhow!("assigning pid {pid} to {name}: {e}"))?
             .create(
                 &coord::assigned_path(&name),
                 pid.to_string().as_bytes(),

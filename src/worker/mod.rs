@@ -85,8 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db_path.display()));
     }
-    let conn = broker::connect(&config.amqp_url, &format!("worker-{pid}"), PATIENCE).await?;
-    broker::declare_topology(&conn.create_channel().await?).await?;
+    let conn = broker::open(&config.amqp_url, &format!("worker-{pid}"), PATIENCE).await?;
 
     // A copy of the data from a caught-up peer, if there is one.
     let started = std::time::Instant::now();
