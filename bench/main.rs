@@ -8,6 +8,7 @@
 
 #[path = "../integration/common/mod.rs"]
 mod common;
+mod shared;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +23,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use serde_json::{json, Value};
+use shared::{narrowed, smoke, wanted};
 use tokio::sync::oneshot;
 
 struct Sizes {
@@ -30,18 +32,6 @@ struct Sizes {
     failover_runs: usize,
     catch_up_rows: Vec<usize>,
     replay_rows: usize,
-}
-
-/// The comma-separated list in `var`, if set.
-fn narrowed(var: &str) -> Option<Vec<String>> {
-    std::env::var(var)
-        .ok()
-        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
-}
-
-/// Whether `item` is in the list in `var` (everything is when it is not set).
-fn wanted(var: &str, item: &str) -> bool {
-    narrowed(var).is_none_or(|l| l.iter().any(|i| i == item))
 }
 
 fn sizes() -> Sizes {
@@ -59,7 +49,7 @@ fn sizes() -> Sizes {
 }
 
 fn default_sizes() -> Sizes {
-    if std::env::var("BENCH_SMOKE").is_ok_and(|v| v == "1") {
+    if smoke() {
         Sizes {
             load_secs: 0.5,
             concurrency: vec![1, 4],
@@ -370,29 +360,15 @@ fn min_med_max(mut v: Vec<f64>) -> Value {
 #[tokio::main]
 async fn main() {
     // `cargo test --all-targets` runs this binary without `--bench`: nothing to test here.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("the benchmark runs with `cargo bench --bench dbaas` (scripts/bench)");
+    if !shared::under_cargo_bench("dbaas") {
         return;
     }
     let sz = sizes();
     let mut report = serde_json::Map::new();
     let mut md = String::from("# DBaaS benchmark\n\n");
     md.push_str(&format!(
-        "Machine: {} cores, `{}`. One run; ratios compare figures of this same run.\n\n",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(
-                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
-                    .split(':')
-                    .nth(1)
-                    .unwrap_or("")
-                    .trim()
-                    .to_string())
-            )
-            .unwrap_or_default()
+        "{} One run; ratios compare figures of this same run.\n\n",
+        shared::machine()
     ));
 
     // 1. The broker's own RPC limit, with the payload sizes of real requests.
@@ -614,7 +590,7 @@ async fn main() {
     }
 
     // A smoke run (CI) or a narrowed one must not overwrite the published figures.
-    let name = if std::env::var("BENCH_SMOKE").is_ok_and(|v| v == "1") {
+    let name = if smoke() {
         "smoke"
     } else if [
         "BENCH_PARTS",
@@ -629,12 +605,5 @@ async fn main() {
     } else {
         "latest"
     };
-    std::fs::create_dir_all("bench/results").expect("results dir");
-    std::fs::write(format!("bench/results/{name}.md"), &md).expect("write md");
-    std::fs::write(
-        format!("bench/results/{name}.json"),
-        serde_json::to_string_pretty(&Value::Object(report)).unwrap_or_default(),
-    )
-    .expect("write json");
-    println!("{md}");
+    shared::write_results(name, &md, &Value::Object(report));
 }
