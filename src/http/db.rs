@@ -20,9 +20,10 @@ pub async fn read(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    state.scaler.do_send(ReadReceived);
     let body = body::read(&req, payload).await?;
     let request: ReadRequest = parse(&body)?;
+    // Only a read that validated counts for the Scaler: junk cannot scale the cluster.
+    state.scaler.do_send(ReadReceived);
     // The dispatcher refuses a read nobody can serve now (503).
     let queue = match request.consistency {
         Consistency::Eventual => READ_Q,
