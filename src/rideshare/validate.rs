@@ -105,9 +105,18 @@ pub fn required_string(fields: &Fields, name: &str) -> Result<String, Invalid> {
     }
 }
 
-/// A username: a non-empty string, any length (the DBaaS body limit aside).
+/// A username: a non-empty string of at most the DBaaS's longest value
+/// ([`MAX_TEXT`](crate::db::request::limits::MAX_TEXT) bytes).
 pub fn username(fields: &Fields, name: &str) -> Result<String, Invalid> {
-    required_string(fields, name)
+    use crate::db::request::limits::MAX_TEXT;
+    let s = required_string(fields, name)?;
+    if s.len() > MAX_TEXT {
+        return invalid(format!(
+            "{name:?} is {} bytes long; at most {MAX_TEXT} are accepted",
+            s.len()
+        ));
+    }
+    Ok(s)
 }
 
 /// A password: a SHA1 hex digest.
