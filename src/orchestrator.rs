@@ -38,7 +38,7 @@ pub struct Config {
     pub scale_interval: Duration,
     pub reads_per_slave: u64,
     /// The fewest and the most slaves the scaler asks for (the initial
-    /// number is kept within them too).
+    /// number, before its first decision, is the operator's: not bounded).
     pub slave_bounds: SlaveBounds,
     /// Client timeouts and the connection cap of the HTTP server.
     pub http: HttpLimits,
@@ -130,8 +130,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     info!(runtime = runtime.name(), "worker runtime ready");
     let zk_for_cleanup = zk.clone();
-    let initial_slaves = config.slave_bounds.clamp(config.initial_slaves);
-    let supervisor = ContainerSupervisor::new(runtime, initial_slaves)
+    let supervisor = ContainerSupervisor::new(runtime, config.initial_slaves)
         .with_election(election.clone().recipient())
         .with_znode_cleanup(Arc::new(move |pid| {
             let zk = zk_for_cleanup.clone();
