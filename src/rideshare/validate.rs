@@ -282,9 +282,11 @@ mod tests {
         for k in ["e", "n", "z", "missing"] {
             assert!(username(&f, k).is_err(), "{k} accepted");
         }
-        let long = "x".repeat(100_000);
-        let f = fields(json!({ "u": long }));
-        assert_eq!(username(&f, "u").unwrap().len(), 100_000);
+        let longest = "x".repeat(crate::db::request::limits::MAX_TEXT);
+        let f = fields(json!({ "u": longest, "v": "x".repeat(100_000) }));
+        assert_eq!(username(&f, "u").unwrap().len(), 4096);
+        let e = username(&f, "v").unwrap_err();
+        assert!(format!("{e:?}").contains("at most 4096"), "{e:?}");
     }
 
     #[test]
