@@ -420,7 +420,13 @@ async fn main() {
         );
         if wanted("BENCH_PARTS", "http") {
             md.push_str("\n## Through the orchestrator (HTTP → RabbitMQ → worker → HTTP)\n\n| workload | concurrency | req/s | ratio to broker limit | p50 ms | p99 ms | p999 ms | failed |\n|---|---|---|---|---|---|---|---|\n");
-            let workloads: Vec<&str> = vec!["point read", "range read", "insert", "90/10 mix"];
+            let workloads: Vec<&str> = vec![
+                "point read",
+                "strong point read",
+                "range read",
+                "insert",
+                "90/10 mix",
+            ];
             for w in workloads.iter().filter(|w| wanted("BENCH_WORKLOADS", w)) {
                 for &c in &sz.concurrency {
                     let (http, read_url, write_url) = (
@@ -437,6 +443,11 @@ async fn main() {
                     let insert = json!({"table": "users", "insert": {"username": format!("{kind}-{n}-{}", uuid::Uuid::new_v4().simple()), "password": "p"}});
                     match kind.as_str() {
                         "point read" => post_ok(&http, &read_url, &point).await,
+                        "strong point read" => {
+                            let mut strong = point;
+                            strong["consistency"] = json!("strong");
+                            post_ok(&http, &read_url, &strong).await
+                        }
                         "range read" => post_ok(&http, &read_url, &range).await,
                         "insert" => post_ok(&http, &write_url, &insert).await,
                         _ if n % 10 == 0 => post_ok(&http, &write_url, &insert).await,

@@ -101,6 +101,8 @@ fn every_variable_the_orchestrator_gives_workers_is_accepted() {
         initial_slaves: 1,
         scale_interval: std::time::Duration::from_secs(120),
         reads_per_slave: 20,
+        slave_bounds: dbaas::actors::scaler::SlaveBounds::default(),
+        http: dbaas::config::HttpLimits::default(),
         runtime: dbaas::orchestrator::RuntimeOptions::Docker {
             image: "w".into(),
             network: "host".into(),

@@ -9,6 +9,7 @@ mod docs;
 mod failover;
 mod faults;
 mod ha;
+mod inputs;
 mod observability;
 mod replication;
 mod rideshare;

@@ -134,10 +134,13 @@ async fn acknowledged_writes_survive_crashes_exactly_once_on_every_replica() {
         );
         let out = store
             .read(
-                &dbaas::db::request::parse(br#"{"table":"users","columns":["username"]}"#)
-                    .expect("query"),
+                &dbaas::db::request::parse(
+                    br#"{"table":"users","columns":["username"],"limit":10000}"#,
+                )
+                .expect("query"),
             )
             .expect("read replica");
+        assert!(!out.more, "worker {pid} holds more users than one page");
         let names: Vec<String> = out
             .rows
             .iter()

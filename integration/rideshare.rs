@@ -328,9 +328,20 @@ async fn users_api_answers_every_status() {
         400,
         "empty body",
     );
-    // Huge inputs: a long name is stored; an oversized body is a clean 400.
-    let long = "u".repeat(100_000);
+    // Huge inputs: a name as long as the DBaaS stores is stored, a longer
+    // one and an oversized body are clean 400s.
+    let long = "u".repeat(dbaas::db::request::limits::MAX_TEXT);
     add_user(&s.users, &long).await;
+    expect(
+        &call(
+            Method::PUT,
+            &users,
+            Body::Json(json!({"username": "v".repeat(100_000), "password": PASSWORD})),
+        )
+        .await,
+        400,
+        "a name longer than the DBaaS stores",
+    );
     expect(
         &call(
             Method::PUT,

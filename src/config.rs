@@ -44,3 +44,62 @@ impl DbaasClientArgs {
         Duration::from_millis(self.timeout_ms)
     }
 }
+
+/// What an HTTP server allows its clients: the orchestrator and the RideShare
+/// services take these, so one slow or greedy client cannot hold the server.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpServerArgs {
+    /// How long a client may take to send a request's head, and then its body
+    /// (each); after that it gets a 408 and its connection is closed.
+    #[arg(long, env = "HTTP_CLIENT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub client_timeout_ms: u64,
+    /// Connections served at once, across the server's threads; further ones
+    /// wait in the listen backlog.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+}
+
+impl HttpServerArgs {
+    pub fn limits(&self) -> HttpLimits {
+        HttpLimits {
+            client_timeout: Duration::from_millis(self.client_timeout_ms.max(1)),
+            max_connections: self.max_connections.max(1),
+        }
+    }
+}
+
+/// The limits an HTTP server applies (see [`HttpServerArgs`]). Registered as
+/// app data, so body readers find the timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// For the request head, and again for the body.
+    pub client_timeout: Duration,
+    /// Connections at once, all server threads together.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            client_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+impl HttpLimits {
+    /// The server's threads: one per core.
+    pub fn workers(&self) -> usize {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
+
+    /// actix counts connections per thread.
+    pub fn connections_per_worker(&self) -> usize {
+        self.max_connections.div_ceil(self.workers()).max(1)
+    }
+
+    /// How long a closing connection may take to shut down.
+    pub fn disconnect_timeout(&self) -> Duration {
+        self.client_timeout.min(Duration::from_secs(1))
+    }
+}

@@ -20,9 +20,10 @@ use tracing::{info, warn};
 use crate::actors::dispatcher::{AmqpPublisher, Dispatcher, SetPublisher};
 use crate::actors::election::{self, Election};
 use crate::actors::rpc_waiter::{Abandon, Delivered, RpcWaiter};
-use crate::actors::scaler::Scaler;
+use crate::actors::scaler::{Scaler, SlaveBounds};
 use crate::actors::supervisor::{ContainerSupervisor, StopAll, WorkerExited};
 use crate::broker::{self, messages::Reply, RESPONSE_Q};
+use crate::config::HttpLimits;
 use crate::coord::{self, session::Session};
 use crate::http::{self, AppState};
 use crate::runtime::docker::{DockerConfig, DockerRuntime};
@@ -39,6 +40,11 @@ pub struct Config {
     pub initial_slaves: usize,
     pub scale_interval: Duration,
     pub reads_per_slave: u64,
+    /// The fewest and the most slaves the scaler asks for (the initial
+    /// number, before its first decision, is the operator's: not bounded).
+    pub slave_bounds: SlaveBounds,
+    /// Client timeouts and the connection cap of the HTTP server.
+    pub http: HttpLimits,
     pub runtime: RuntimeOptions,
     /// Stop every worker when the orchestrator stops (else they run on and the
     /// next orchestrator adopts them).
@@ -135,6 +141,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let scaler = Scaler::new(
         config.scale_interval,
         config.reads_per_slave,
+        config.slave_bounds,
         supervisor.clone().recipient(),
     )
     .start();
@@ -167,12 +174,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         timeout: config.request_timeout,
         metrics,
     });
+    let limits = config.http;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(limits)
             .wrap(actix_web::middleware::from_fn(http::observe::observe))
             .configure(http::routes)
     })
+    .workers(limits.workers())
+    .max_connections(limits.connections_per_worker())
+    .client_request_timeout(limits.client_timeout)
+    .client_disconnect_timeout(limits.disconnect_timeout())
     .disable_signals()
     .shutdown_timeout(10)
     .bind(&config.bind)?
@@ -281,7 +294,7 @@ pub fn worker_env(config: &Config) -> Vec<(String, String)> {
             config.zk_session_timeout.as_millis().to_string(),
         ),
     ];
-    for passthrough in ["RUST_LOG", "DBAAS_LOG_FORMAT"] {
+    for passthrough in ["RUST_LOG", "DBAAS_LOG_FORMAT", "DBAAS_MAX_REPLY_BYTES"] {
         if let Ok(v) = std::env::var(passthrough) {
             env.push((passthrough.to_string(), v));
         }

@@ -17,6 +17,31 @@ USERS_PORT=${USERS_PORT:-8001}
 RIDES_HOST=${RIDES_HOST:-127.0.0.1}
 RIDES_PORT=${RIDES_PORT:-8002}
 
+# lb_error_pages : prints the server directives that make nginx answer its own
+# errors (oversized body or URI, malformed request, slow client, unreachable or
+# slow upstream) as JSON like the API's {"error": "..."}. Upstream answers pass
+# through untouched (proxy_intercept_errors is off).
+lb_error_pages() {
+  local code status message
+  while IFS='|' read -r code status message; do
+    # A URI rather than a named location: errors found in the request line
+    # (414, 400) have no URI of their own to carry into a named location.
+    echo "    error_page $code =$status /_lb_error/$code;"
+    echo "    location = /_lb_error/$code { internal; default_type application/json; return $status '{\"error\": \"$message\"}'; }"
+  done <<'PAGES'
+400|400|bad request: the load balancer could not read it
+404|404|no such route
+408|408|request timeout: the request did not arrive in time
+413|413|request body too large: at most 4 MiB
+414|414|request URI too long
+494|400|request headers too large
+500|500|internal error in the load balancer
+502|502|bad gateway: the service is unreachable
+503|503|service unavailable
+504|504|gateway timeout: the service did not answer in time
+PAGES
+}
+
 # lb_config DIR : prints the nginx configuration.
 lb_config() {
   local dir=$1 user=""
@@ -36,6 +61,10 @@ http {
   uwsgi_temp_path $dir/tmp/uwsgi;
   scgi_temp_path $dir/tmp/scgi;
   client_max_body_size 4m;
+  # Slow clients are cut off (nginx answers 408) rather than holding connections.
+  client_header_timeout 10s;
+  client_body_timeout 10s;
+  send_timeout 10s;
 
   upstream users { server $USERS_HOST:$USERS_PORT; keepalive 16; }
   upstream rides { server $RIDES_HOST:$RIDES_PORT; keepalive 16; }
@@ -47,6 +76,7 @@ http {
     proxy_set_header Host \$http_host;
     proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
     proxy_read_timeout 60s;
+$(lb_error_pages)
 
     # The path-based rules of the ALB: /api/v1/users* to users, the rest to rides.
     location = /api/v1/users { proxy_pass http://users; }

@@ -1,8 +1,10 @@
 //! `Scaler`: counts `db/read` requests and, every interval (2 minutes by
 //! default) from the first one, asks the supervisor for
-//! `max(1, ceil(reads / reads_per_slave))` slaves and resets the count.
-//! Only reads are counted (the HTTP layer sends [`ReadReceived`] for `db/read`
-//! alone: writes, crash calls and worker listings never reach it).
+//! `max(1, ceil(reads / reads_per_slave))` slaves, kept within
+//! [`SlaveBounds`], and resets the count.
+//! Only valid reads are counted (the HTTP layer sends [`ReadReceived`] for a
+//! `db/read` whose body validated: malformed reads, writes, crash calls and
+//! worker listings never reach it), so junk cannot scale the cluster.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -39,6 +41,8 @@ pub struct Decision {
 pub struct ScalerStatus {
     pub interval_secs: u64,
     pub reads_per_slave: u64,
+    pub min_slaves: usize,
+    pub max_slaves: usize,
     /// Reads counted in the current interval.
     pub reads: u64,
     /// False until the first read starts the timer.
@@ -50,12 +54,48 @@ pub struct ScalerStatus {
 /// The spec's rule: 0–20 reads → 1 slave, 21–40 → 2, and so on.
 pub fn slaves_for(reads: u64, reads_per_slave: u64) -> usize {
     let per = reads_per_slave.max(1);
-    reads.div_ceil(per).max(1) as usize
+    usize::try_from(reads.div_ceil(per).max(1)).unwrap_or(usize::MAX)
+}
+
+/// The fewest and the most slaves the scaler asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlaveBounds {
+    pub min: usize,
+    pub max: usize,
+}
+
+impl SlaveBounds {
+    /// Checked bounds: `1 <= min <= max`.
+    pub fn new(min: usize, max: usize) -> Result<SlaveBounds, String> {
+        if min == 0 {
+            return Err("the minimum number of slaves is at least 1".into());
+        }
+        if min > max {
+            return Err(format!(
+                "the minimum number of slaves ({min}) is above the maximum ({max})"
+            ));
+        }
+        Ok(SlaveBounds { min, max })
+    }
+
+    pub fn clamp(self, slaves: usize) -> usize {
+        slaves.clamp(self.min, self.max)
+    }
+}
+
+impl Default for SlaveBounds {
+    /// 1 to 8: each slave is a process with its own copy of the data, and on
+    /// the 2-core, 24 GiB machine this runs on more than 8 add memory and
+    /// sync work rather than read throughput.
+    fn default() -> Self {
+        SlaveBounds { min: 1, max: 8 }
+    }
 }
 
 pub struct Scaler {
     interval: Duration,
     reads_per_slave: u64,
+    bounds: SlaveBounds,
     reads: u64,
     next_tick: Option<std::time::Instant>,
     decisions: VecDeque<Decision>,
@@ -63,10 +103,16 @@ pub struct Scaler {
 }
 
 impl Scaler {
-    pub fn new(interval: Duration, reads_per_slave: u64, supervisor: Recipient<SetSlaves>) -> Self {
+    pub fn new(
+        interval: Duration,
+        reads_per_slave: u64,
+        bounds: SlaveBounds,
+        supervisor: Recipient<SetSlaves>,
+    ) -> Self {
         Scaler {
             interval,
             reads_per_slave,
+            bounds,
             reads: 0,
             next_tick: None,
             decisions: VecDeque::new(),
@@ -82,7 +128,7 @@ impl Actor for Scaler {
 impl Handler<ReadReceived> for Scaler {
     type Result = ();
     fn handle(&mut self, _: ReadReceived, ctx: &mut Context<Self>) {
-        self.reads += 1;
+        self.reads = self.reads.saturating_add(1);
         if self.next_tick.is_none() {
             info!(interval = ?self.interval, "first read: scaling timer started");
             self.next_tick = Some(std::time::Instant::now() + self.interval);
@@ -97,8 +143,9 @@ impl Handler<ReadReceived> for Scaler {
 impl Handler<Tick> for Scaler {
     type Result = ();
     fn handle(&mut self, _: Tick, _: &mut Context<Self>) {
-        let slaves = slaves_for(self.reads, self.reads_per_slave);
-        info!(reads = self.reads, slaves, "scaling decision");
+        let wanted = slaves_for(self.reads, self.reads_per_slave);
+        let slaves = self.bounds.clamp(wanted);
+        info!(reads = self.reads, wanted, slaves, "scaling decision");
         self.decisions.push_back(Decision {
             at_ms: chrono::Utc::now().timestamp_millis(),
             reads: self.reads,
@@ -119,6 +166,8 @@ impl Handler<GetScalerStatus> for Scaler {
         MessageResult(ScalerStatus {
             interval_secs: self.interval.as_secs(),
             reads_per_slave: self.reads_per_slave,
+            min_slaves: self.bounds.min,
+            max_slaves: self.bounds.max,
             reads: self.reads,
             timer_started: self.next_tick.is_some(),
             next_tick_in_ms: self.next_tick.map(|t| {
@@ -168,9 +217,16 @@ mod tests {
     }
 
     fn scaler(interval: Duration) -> (Addr<Scaler>, Arc<Mutex<Vec<usize>>>) {
+        bounded(interval, SlaveBounds::default())
+    }
+
+    fn bounded(interval: Duration, bounds: SlaveBounds) -> (Addr<Scaler>, Arc<Mutex<Vec<usize>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = Sink(seen.clone()).start();
-        (Scaler::new(interval, 20, sink.recipient()).start(), seen)
+        (
+            Scaler::new(interval, 20, bounds, sink.recipient()).start(),
+            seen,
+        )
     }
 
     fn seen(v: &Arc<Mutex<Vec<usize>>>) -> Vec<usize> {
@@ -196,6 +252,35 @@ mod tests {
             status.decisions.iter().map(|d| d.reads).collect::<Vec<_>>(),
             vec![45, 0]
         );
+    }
+
+    #[actix_rt::test]
+    async fn decisions_stay_within_the_bounds() {
+        let (s, asked) = bounded(
+            Duration::from_secs(3600),
+            SlaveBounds::new(2, 5).expect("bounds"),
+        );
+        // 20 000 reads in one interval would be 1 000 slaves unbounded.
+        for _ in 0..20_000 {
+            s.do_send(ReadReceived);
+        }
+        s.send(Tick).await.expect("send");
+        s.send(ReadReceived).await.expect("send");
+        s.send(Tick).await.expect("send");
+        for _ in 0..61 {
+            s.send(ReadReceived).await.expect("send");
+        }
+        s.send(Tick).await.expect("send");
+        assert_eq!(seen(&asked), vec![5, 2, 4], "capped, floored, in between");
+        let status = s.send(GetScalerStatus).await.expect("send");
+        assert_eq!((status.min_slaves, status.max_slaves), (2, 5));
+        assert_eq!(
+            status.decisions.iter().map(|d| d.reads).collect::<Vec<_>>(),
+            vec![20_000, 1, 61]
+        );
+        assert_eq!(SlaveBounds::default(), SlaveBounds { min: 1, max: 8 });
+        assert!(SlaveBounds::new(0, 3).is_err());
+        assert!(SlaveBounds::new(4, 3).is_err());
     }
 
     #[actix_rt::test]

@@ -28,6 +28,14 @@ struct Args {
     /// Reads per interval that one slave is expected to serve.
     #[arg(long, env = "DBAAS_READS_PER_SLAVE", default_value_t = 20)]
     reads_per_slave: u64,
+    /// The fewest slaves the scaler asks for (at least 1).
+    #[arg(long, env = "DBAAS_MIN_SLAVES", default_value_t = 1)]
+    min_slaves: usize,
+    /// The most slaves the scaler asks for (8 fits a 2-core, 24 GiB machine).
+    #[arg(long, env = "DBAAS_MAX_SLAVES", default_value_t = 8)]
+    max_slaves: usize,
+    #[command(flatten)]
+    http: dbaas::config::HttpServerArgs,
     /// Where workers run: `process` (local processes) or `docker` (Docker Engine API).
     #[arg(long, env = "DBAAS_RUNTIME", default_value = "process", value_parser = ["process", "docker"])]
     runtime: String,
@@ -61,6 +69,8 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     dbaas::telemetry::init();
     let a = Args::parse();
+    let slave_bounds = dbaas::actors::scaler::SlaveBounds::new(a.min_slaves, a.max_slaves)
+        .map_err(|e| anyhow::anyhow!("DBAAS_MIN_SLAVES / DBAAS_MAX_SLAVES: {e}"))?;
     let runtime = if a.runtime == "docker" {
         dbaas::orchestrator::RuntimeOptions::Docker {
             image: a.worker_image,
@@ -92,6 +102,8 @@ fn main() -> anyhow::Result<()> {
         initial_slaves: a.initial_slaves,
         scale_interval: Duration::from_secs(a.scale_interval_secs),
         reads_per_slave: a.reads_per_slave,
+        slave_bounds,
+        http: a.http.limits(),
         runtime,
         stop_workers_on_exit: a.stop_workers_on_exit,
     };

@@ -10,6 +10,8 @@ struct Args {
     bind: String,
     #[command(flatten)]
     dbaas: dbaas::config::DbaasClientArgs,
+    #[command(flatten)]
+    http: dbaas::config::HttpServerArgs,
     /// Base URL of the users API: the load balancer.
     #[arg(long, env = "USERS_URL", default_value = "http://127.0.0.1:8080")]
     users_url: String,
@@ -26,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
     let origin = a.origin.unwrap_or_else(|| format!("http://{}", a.bind));
     dbaas::rideshare::rides::run(dbaas::rideshare::rides::Config {
         bind: a.bind,
+        http: a.http.limits(),
         dbaas_url: a.dbaas.dbaas_url.clone(),
         users_url: a.users_url,
         origin,

@@ -10,6 +10,8 @@ struct Args {
     bind: String,
     #[command(flatten)]
     dbaas: dbaas::config::DbaasClientArgs,
+    #[command(flatten)]
+    http: dbaas::config::HttpServerArgs,
 }
 
 #[actix_web::main]
@@ -18,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     dbaas::rideshare::users::run(dbaas::rideshare::users::Config {
         bind: a.bind,
+        http: a.http.limits(),
         dbaas_url: a.dbaas.dbaas_url.clone(),
         timeout: a.dbaas.timeout(),
     })

@@ -28,12 +28,17 @@ struct Args {
     /// How a new worker gets the data: a peer's `snapshot`, or `replay` of all of syncQ.
     #[arg(long, env = "DBAAS_CATCH_UP", default_value = "snapshot", value_parser = ["snapshot", "replay"])]
     catch_up: String,
+    /// The largest reply this worker publishes, in bytes; a larger answer is an
+    /// error telling the client to page (keep it under RabbitMQ's message limit).
+    #[arg(long, env = "DBAAS_MAX_REPLY_BYTES", default_value_t = dbaas::broker::DEFAULT_MAX_REPLY_BYTES)]
+    max_reply_bytes: usize,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     dbaas::telemetry::init();
     let a = Args::parse();
+    dbaas::broker::set_max_reply_bytes(a.max_reply_bytes);
     dbaas::worker::run(dbaas::worker::Config {
         amqp_url: a.brokers.amqp_url.clone(),
         zk_hosts: a.brokers.zk_hosts.clone(),

@@ -53,6 +53,8 @@ impl From<DbError> for ErrorReply {
     fn from(e: DbError) -> Self {
         let status = match e {
             DbError::Constraint(_) => 409,
+            DbError::Invalid(_) | DbError::KeyReused(_) => 422,
+            DbError::Full(_) => 507,
             DbError::Internal(_) => 500,
         };
         ErrorReply {
@@ -85,11 +87,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn constraint_errors_map_to_conflict() {
+    fn database_errors_map_to_their_status() {
         let e: ErrorReply = DbError::Constraint("UNIQUE".into()).into();
         assert_eq!(e.status, 409);
         let e: ErrorReply = DbError::Internal("disk".into()).into();
         assert_eq!(e.status, 500);
+        let e: ErrorReply = DbError::Full("database or disk is full".into()).into();
+        assert_eq!(e.status, 507);
+        assert!(e.error.starts_with("out of space"), "{}", e.error);
+        let e: ErrorReply = DbError::Invalid("string or blob too big".into()).into();
+        assert_eq!(e.status, 422);
+        let e: ErrorReply = DbError::KeyReused("used".into()).into();
+        assert_eq!(e.status, 422);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod link;
 pub mod messages;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::options::{BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions};
@@ -218,8 +219,69 @@ pub async fn publish_confirmed(
     }
 }
 
+/// The default of [`max_reply_bytes`]: 8 MiB, well under RabbitMQ's largest
+/// message (128 MiB in 3.x, 16 MiB by default in 4.x).
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 8 << 20;
+
+static MAX_REPLY_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_REPLY_BYTES);
+
+/// The largest reply body a worker publishes; a larger answer is replaced by
+/// an error reply (a message over the broker's limit would close the channel).
+pub fn max_reply_bytes() -> usize {
+    MAX_REPLY_BYTES.load(Ordering::Relaxed)
+}
+
+/// Sets [`max_reply_bytes`] for this process (the worker's `DBAAS_MAX_REPLY_BYTES`).
+pub fn set_max_reply_bytes(bytes: usize) {
+    MAX_REPLY_BYTES.store(bytes.max(1024), Ordering::Relaxed);
+}
+
+/// A `Vec` that refuses to grow past a limit, so an oversized reply is never
+/// serialized whole.
+struct Capped {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            return Err(std::io::Error::other("reply over the limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `reply` as JSON, or, if that is over `limit` bytes, an error reply (413)
+/// telling the client to ask for less.
+pub fn reply_body(reply: &messages::Reply, limit: usize) -> anyhow::Result<Vec<u8>> {
+    let mut out = Capped {
+        bytes: Vec::new(),
+        limit,
+    };
+    match serde_json::to_writer(&mut out, reply) {
+        Ok(()) => Ok(out.bytes),
+        Err(e) if e.is_io() => {
+            warn!(limit, "reply over the size limit: answered with an error");
+            let refusal = messages::Reply::Error(messages::ErrorReply {
+                status: 413,
+                error: format!(
+                    "the answer is larger than the {limit} bytes a reply may carry: ask for fewer rows with \"limit\" and page with \"offset\", or for fewer \"columns\""
+                ),
+            });
+            Ok(serde_json::to_vec(&refusal)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Sends `reply` to the delivery's `reply_to` queue with its correlation id (RPC
-/// pattern). Deliveries without `reply_to` get no answer.
+/// pattern). Deliveries without `reply_to` get no answer. A reply over
+/// [`max_reply_bytes`] is replaced by an error reply.
 pub async fn reply(
     channel: &Channel,
     request: &lapin::BasicProperties,
@@ -232,7 +294,7 @@ pub async fn reply(
     if let Some(id) = request.correlation_id().as_ref() {
         props = props.with_correlation_id(id.clone());
     }
-    let body = serde_json::to_vec(reply)?;
+    let body = reply_body(reply, max_reply_bytes())?;
     channel
         .basic_publish(
             "".into(),
@@ -243,4 +305,41 @@ pub async fn reply(
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::messages::{ErrorReply, Reply};
+    use super::*;
+    use crate::db::ReadOutcome;
+
+    fn rows(n: usize) -> Reply {
+        let row: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"username": "someone with a long name"}"#).expect("row");
+        Reply::Read(ReadOutcome {
+            rows: vec![row; n],
+            seq: 1,
+            worker: Some(7),
+            more: false,
+        })
+    }
+
+    #[test]
+    fn a_reply_over_the_limit_becomes_an_error_saying_how_to_page() {
+        let small = reply_body(&rows(3), 4096).expect("body");
+        let back: Reply = serde_json::from_slice(&small).expect("reply");
+        assert_eq!(back, rows(3));
+        let big = reply_body(&rows(1000), 4096).expect("body");
+        assert!(big.len() < 4096);
+        match serde_json::from_slice::<Reply>(&big).expect("reply") {
+            Reply::Error(ErrorReply { status, error }) => {
+                assert_eq!(status, 413);
+                assert!(
+                    error.contains("\"limit\"") && error.contains("\"offset\""),
+                    "{error}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

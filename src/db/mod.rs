@@ -2,6 +2,8 @@
 //! validates client requests against it, the only SQL builder, and the store
 //! each worker keeps its own copy of the data in.
 
+#[cfg(test)]
+mod properties;
 pub mod request;
 pub mod schema;
 pub mod sql;

@@ -24,6 +24,47 @@ fn bad<T>(msg: impl Into<String>) -> Result<T, RequestError> {
     Err(RequestError(msg.into()))
 }
 
+/// The bounds on every request, so that whatever a client sends, a request
+/// that validates can run (SQLite's own limits are far above these) and its
+/// error messages stay short. Documented in docs/api.md.
+pub mod limits {
+    /// Entries of a read's `columns` (repeats count).
+    pub const MAX_COLUMNS: usize = 32;
+    /// Entries of a read's `order_by`.
+    pub const MAX_ORDER_BY: usize = 16;
+    /// Rows of one insert.
+    pub const MAX_INSERT_ROWS: usize = 10_000;
+    /// Bytes of one string value.
+    pub const MAX_TEXT: usize = 4096;
+    /// Characters of a name (table, column, operator) quoted back in an error.
+    pub const MAX_NAME_SHOWN: usize = 64;
+    /// Characters of an error message.
+    pub const MAX_ERROR: usize = 512;
+    /// Rows a read returns when it gives no `limit`.
+    pub const DEFAULT_LIMIT: u64 = 1000;
+    /// The largest `limit` of a read; page with `offset` for more.
+    pub const MAX_LIMIT: u64 = 10_000;
+    /// The largest `offset` (SQLite takes a signed 64-bit integer).
+    pub const MAX_OFFSET: u64 = i64::MAX as u64;
+}
+use limits::*;
+
+/// `name` quoted for an error message, cut at [`MAX_NAME_SHOWN`] characters.
+fn shown(name: &str) -> String {
+    match name.char_indices().nth(MAX_NAME_SHOWN) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &name[..cut], name.len()),
+        None => format!("{name:?}"),
+    }
+}
+
+/// `msg` cut at [`MAX_ERROR`] characters.
+fn capped(msg: String) -> String {
+    match msg.char_indices().nth(MAX_ERROR) {
+        Some((cut, _)) => format!("{}…", &msg[..cut]),
+        None => msg,
+    }
+}
+
 /// A value bound to a column: only what the schema's columns can hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -36,11 +77,16 @@ impl Scalar {
     fn for_column(table: &Table, column: &str, value: &Json) -> Result<Scalar, RequestError> {
         let Some(col) = table.column(column) else {
             return bad(format!(
-                "unknown column {column:?} in table {:?}",
+                "unknown column {} in table {:?}",
+                shown(column),
                 table.name
             ));
         };
         match (col.ty, value) {
+            (ColumnType::Text, Json::String(s)) if s.len() > MAX_TEXT => bad(format!(
+                "value of column {column:?} is {} bytes long; at most {MAX_TEXT} are accepted",
+                s.len()
+            )),
             (ColumnType::Text, Json::String(s)) => Ok(Scalar::Text(s.clone())),
             (ColumnType::Integer, Json::Number(n)) => match n.as_i64() {
                 Some(i) => Ok(Scalar::Integer(i)),
@@ -104,7 +150,8 @@ impl Op {
             ">=" => Op::Ge,
             other => {
                 return bad(format!(
-                    "unknown operator {other:?}: use one of = != < <= > >="
+                    "unknown operator {}: use one of = != < <= > >=",
+                    shown(other)
                 ))
             }
         })
@@ -138,7 +185,9 @@ pub struct Condition {
 }
 
 /// A validated `where` clause: `{"col": value}` means equality,
-/// `{"col": {">": value, "<=": value}}` compares; all terms are ANDed.
+/// `{"col": {">": value, "<=": value}}` compares; all terms are ANDed. A JSON
+/// object names each column once and each operator once per column, so a
+/// filter has at most one term per column and operator.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Filter(pub Vec<Condition>);
 
@@ -193,16 +242,20 @@ impl Filter {
 fn table_named(name: &str) -> Result<&'static Table, RequestError> {
     schema::table(name).ok_or_else(|| {
         RequestError(format!(
-            "unknown table {name:?}: use one of users, rides, ride_members"
+            "unknown table {}: use one of users, rides, ride_members",
+            shown(name)
         ))
     })
 }
 
 fn column_name(table: &Table, name: &str) -> Result<&'static str, RequestError> {
-    table
-        .column(name)
-        .map(|c| c.name)
-        .ok_or_else(|| RequestError(format!("unknown column {name:?} in table {:?}", table.name)))
+    table.column(name).map(|c| c.name).ok_or_else(|| {
+        RequestError(format!(
+            "unknown column {} in table {:?}",
+            shown(name),
+            table.name
+        ))
+    })
 }
 
 /// How fresh a read must be.
@@ -240,14 +293,16 @@ struct RawRead {
     order_by: Vec<OrderBy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
     #[serde(default)]
     consistency: Consistency,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     min_seq: Option<u64>,
 }
 
-/// A validated read: `SELECT columns FROM table WHERE filter ORDER BY … LIMIT …`,
-/// or `SELECT COUNT(*)` when `count` is set.
+/// A validated read: `SELECT columns FROM table WHERE filter ORDER BY … LIMIT …
+/// OFFSET …`, or `SELECT COUNT(*)` when `count` is set (no limit or offset then).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadRequest {
     pub table: &'static str,
@@ -256,7 +311,10 @@ pub struct ReadRequest {
     pub filter: Filter,
     pub count: bool,
     pub order_by: Vec<(&'static str, bool)>,
-    pub limit: Option<u64>,
+    /// Rows at most: the client's `limit`, or [`DEFAULT_LIMIT`]; never over [`MAX_LIMIT`].
+    pub limit: u64,
+    /// Rows skipped first (paging).
+    pub offset: u64,
     pub consistency: Consistency,
     /// Read-your-writes: answer only once the replica has applied this sequence number.
     pub min_seq: Option<u64>,
@@ -270,6 +328,12 @@ impl TryFrom<RawRead> for ReadRequest {
         let columns = match &raw.columns {
             None => Vec::new(),
             Some(cols) if cols.is_empty() => return bad("\"columns\" must not be empty"),
+            Some(cols) if cols.len() > MAX_COLUMNS => {
+                return bad(format!(
+                    "\"columns\" has {} entries; at most {MAX_COLUMNS} are accepted",
+                    cols.len()
+                ))
+            }
             Some(cols) => cols
                 .iter()
                 .map(|c| column_name(table, c))
@@ -279,13 +343,29 @@ impl TryFrom<RawRead> for ReadRequest {
             None => Filter::default(),
             Some(f) => Filter::parse(table, f)?,
         };
+        if raw.order_by.len() > MAX_ORDER_BY {
+            return bad(format!(
+                "\"order_by\" has {} entries; at most {MAX_ORDER_BY} are accepted",
+                raw.order_by.len()
+            ));
+        }
         let order_by = raw
             .order_by
             .iter()
             .map(|o| Ok((column_name(table, &o.column)?, o.desc)))
             .collect::<Result<_, RequestError>>()?;
-        if raw.limit.is_some_and(|l| l > i64::MAX as u64) {
-            return bad("\"limit\" is too large");
+        let limit = raw.limit.unwrap_or(DEFAULT_LIMIT);
+        if limit > MAX_LIMIT {
+            return bad(format!(
+                "\"limit\" is at most {MAX_LIMIT}; page through more rows with \"offset\""
+            ));
+        }
+        let offset = raw.offset.unwrap_or(0);
+        if offset > MAX_OFFSET {
+            return bad(format!("\"offset\" is at most {MAX_OFFSET}"));
+        }
+        if raw.count && offset > 0 {
+            return bad("\"offset\" does not apply to a count");
         }
         Ok(ReadRequest {
             table: table.name,
@@ -293,7 +373,8 @@ impl TryFrom<RawRead> for ReadRequest {
             filter,
             count: raw.count,
             order_by,
-            limit: raw.limit,
+            limit,
+            offset,
             consistency: raw.consistency,
             min_seq: raw.min_seq,
         })
@@ -316,7 +397,8 @@ impl From<ReadRequest> for RawRead {
                     desc: *desc,
                 })
                 .collect(),
-            limit: r.limit,
+            limit: Some(r.limit),
+            offset: (r.offset > 0).then_some(r.offset),
             consistency: r.consistency,
             min_seq: r.min_seq,
         }
@@ -347,9 +429,6 @@ struct RawWrite {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     clear: Option<bool>,
 }
-
-/// The most rows one insert may carry.
-pub const MAX_INSERT_ROWS: usize = 10_000;
 
 /// A validated write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,7 +464,16 @@ fn values(
         return bad(format!("\"{what}\" names no column"));
     }
     map.iter()
-        .map(|(c, v)| Ok((column_name(table, c)?, Scalar::for_column(table, c, v)?)))
+        .map(|(c, v)| {
+            let name = column_name(table, c)?;
+            if table.column(name).is_some_and(|col| col.assigned) {
+                return bad(format!(
+                    "column {name:?} of {:?} is assigned by the database and cannot be written",
+                    table.name
+                ));
+            }
+            Ok((name, Scalar::for_column(table, c, v)?))
+        })
         .collect()
 }
 
@@ -552,9 +640,10 @@ macro_rules! serde_via_raw {
 serde_via_raw!(ReadRequest, RawRead);
 serde_via_raw!(WriteRequest, RawWrite);
 
-/// Parses a request body; the error text is what the client sees with a 400.
+/// Parses a request body; the error text is what the client sees with a 400
+/// (cut at [`MAX_ERROR`] characters: serde quotes unknown fields and strings).
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
-    serde_json::from_slice(body).map_err(|e| RequestError(e.to_string()))
+    serde_json::from_slice(body).map_err(|e| RequestError(capped(e.to_string())))
 }
 
 #[cfg(test)]
@@ -597,6 +686,15 @@ mod tests {
     #[test]
     fn read_round_trips_through_its_wire_form() {
         let r = read(json!({"table": "users", "where": {"username": {"!=": "x", ">=": "a"}}, "count": true, "min_seq": 7, "consistency": "strong"}))
+            .expect("valid");
+        let back: ReadRequest =
+            parse(serde_json::to_vec(&r).expect("ser").as_slice()).expect("valid");
+        assert_eq!(r, back);
+    }
+
+    #[test]
+    fn paged_reads_round_trip_through_their_wire_form() {
+        let r = read(json!({"table": "rides", "order_by": [{"column": "ride_id"}], "limit": 10, "offset": 30}))
             .expect("valid");
         let back: ReadRequest =
             parse(serde_json::to_vec(&r).expect("ser").as_slice()).expect("valid");
@@ -724,6 +822,84 @@ mod tests {
             json!({"table": "users", "update": {"set": {}, "where": {"username": "a"}}})
         ))
         .contains("names no column"));
+    }
+
+    #[test]
+    fn assigned_columns_cannot_be_written() {
+        let e = err_text(write(
+            json!({"table": "rides", "insert": {"ride_id": i64::MAX, "created_by": "a", "timestamp": "2030-01-01 00:00:00", "source": 1, "destination": 2}}),
+        ));
+        assert!(
+            e.contains("\"ride_id\" of \"rides\" is assigned by the database"),
+            "{e}"
+        );
+        let e = err_text(write(
+            json!({"table": "rides", "update": {"set": {"ride_id": 5}, "where": {"ride_id": 1}}}),
+        ));
+        assert!(e.contains("assigned by the database"), "{e}");
+        // Filtering on it, and naming a ride in ride_members, are fine.
+        write(json!({"table": "rides", "delete": {"ride_id": 1}})).expect("valid");
+        write(json!({"table": "ride_members", "insert": {"ride_id": 1, "username": "a"}}))
+            .expect("valid");
+    }
+
+    #[test]
+    fn lists_and_values_are_bounded() {
+        let many = |n: usize| vec![json!("username"); n];
+        read(json!({"table": "users", "columns": many(MAX_COLUMNS)})).expect("at the limit");
+        assert!(
+            err_text(read(json!({"table": "users", "columns": many(3000)}))).contains("at most 32")
+        );
+        let order = vec![json!({"column": "username"}); MAX_ORDER_BY + 1];
+        assert!(err_text(read(json!({"table": "users", "order_by": order}))).contains("at most 16"));
+        let long = "x".repeat(MAX_TEXT + 1);
+        assert!(err_text(write(
+            json!({"table": "users", "insert": {"username": long, "password": "p"}})
+        ))
+        .contains("at most 4096"));
+        assert!(
+            err_text(read(json!({"table": "users", "where": {"username": long}})))
+                .contains("at most 4096")
+        );
+        write(json!({"table": "users", "insert": {"username": "x".repeat(MAX_TEXT), "password": "p"}}))
+            .expect("at the limit");
+    }
+
+    #[test]
+    fn limit_has_a_default_and_a_maximum_and_offset_pages() {
+        let r = read(json!({"table": "users"})).expect("valid");
+        assert_eq!((r.limit, r.offset), (DEFAULT_LIMIT, 0));
+        let r = read(json!({"table": "users", "limit": MAX_LIMIT, "offset": 20})).expect("valid");
+        assert_eq!((r.limit, r.offset), (MAX_LIMIT, 20));
+        assert!(
+            err_text(read(json!({"table": "users", "limit": MAX_LIMIT + 1})))
+                .contains("page through more rows with \"offset\"")
+        );
+        assert!(
+            err_text(read(json!({"table": "users", "offset": u64::MAX})))
+                .contains("\"offset\" is at most")
+        );
+        assert!(
+            err_text(read(json!({"table": "users", "count": true, "offset": 1})))
+                .contains("does not apply to a count")
+        );
+        assert!(err_text(read(json!({"table": "users", "limit": -1}))).contains("invalid value"));
+    }
+
+    #[test]
+    fn errors_do_not_echo_huge_input() {
+        let huge = "n".repeat(100_000);
+        for e in [
+            err_text(read(json!({"table": huge}))),
+            err_text(read(json!({"table": "users", "columns": [huge]}))),
+            err_text(read(
+                json!({"table": "users", "where": {"username": {huge.as_str(): "a"}}}),
+            )),
+            err_text(read(json!({"table": "users", huge.as_str(): 1}))),
+            err_text(read(json!({"table": "users", "limit": huge}))),
+        ] {
+            assert!(e.len() < 700, "{} bytes: {}", e.len(), &e[..200]);
+        }
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub struct Column {
     pub ty: ColumnType,
     /// An insert must give this column a value (NOT NULL without default).
     pub required: bool,
+    /// The database assigns the value (an AUTOINCREMENT key): requests may
+    /// read and filter on it, never insert or update it.
+    pub assigned: bool,
 }
 
 /// One public table: the only tables a request may name.
@@ -31,7 +34,22 @@ impl Table {
 }
 
 const fn col(name: &'static str, ty: ColumnType, required: bool) -> Column {
-    Column { name, ty, required }
+    Column {
+        name,
+        ty,
+        required,
+        assigned: false,
+    }
+}
+
+/// A key the database assigns (`INTEGER PRIMARY KEY AUTOINCREMENT`).
+const fn assigned(name: &'static str) -> Column {
+    Column {
+        name,
+        ty: ColumnType::Integer,
+        required: false,
+        assigned: true,
+    }
 }
 
 use ColumnType::{Integer, Text};
@@ -42,12 +60,13 @@ pub const USERS: Table = Table {
     columns: &[col("username", Text, true), col("password", Text, true)],
 };
 
-/// Rides: `ride_id` is assigned by the master and never reused (AUTOINCREMENT);
+/// Rides: `ride_id` is assigned by the master and never reused (AUTOINCREMENT),
+/// so no request may set it;
 /// `timestamp` is stored as `YYYY-MM-DD HH:MM:SS` so it sorts and compares as time.
 pub const RIDES: Table = Table {
     name: "rides",
     columns: &[
-        col("ride_id", Integer, false),
+        assigned("ride_id"),
         col("created_by", Text, true),
         col("timestamp", Text, true),
         col("source", Integer, true),
@@ -69,7 +88,10 @@ pub fn table(name: &str) -> Option<&'static Table> {
 }
 
 /// DDL for the public tables and the replication bookkeeping (`_meta`, `_writes`),
-/// which requests can never name because they are not in [`TABLES`].
+/// which requests can never name because they are not in [`TABLES`]. `_writes`
+/// keeps, per applied write id, its sequence number, outcome, a hash of the
+/// request (an Idempotency-Key reused for another request is refused) and the
+/// entry's time (records expire).
 pub const DDL: &str = "
 CREATE TABLE IF NOT EXISTS users (
     username TEXT PRIMARY KEY NOT NULL,
@@ -95,9 +117,15 @@ CREATE TABLE IF NOT EXISTS _meta (
 CREATE TABLE IF NOT EXISTS _writes (
     write_id TEXT PRIMARY KEY NOT NULL,
     seq INTEGER NOT NULL,
-    outcome TEXT NOT NULL
+    outcome TEXT NOT NULL,
+    request_hash TEXT,
+    at_ms INTEGER NOT NULL DEFAULT 0
 );
 ";
+
+/// Run after [`DDL`] (and after copies of older versions got `_writes.at_ms`):
+/// expired write records are found by time.
+pub const DDL_WRITES_INDEX: &str = "CREATE INDEX IF NOT EXISTS _writes_by_time ON _writes (at_ms);";
 
 #[cfg(test)]
 mod tests {
@@ -119,6 +147,29 @@ mod tests {
             let expected: Vec<&str> = t.columns.iter().map(|c| c.name).collect();
             assert_eq!(names, expected, "table {}", t.name);
         }
+    }
+
+    #[test]
+    fn assigned_columns_are_exactly_the_autoincrement_keys() {
+        let conn = rusqlite::Connection::open_in_memory().expect("memory db");
+        conn.execute_batch(DDL).expect("ddl");
+        for t in TABLES {
+            let sql: String = conn
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [t.name],
+                    |r| r.get(0),
+                )
+                .expect("table sql");
+            for c in t.columns {
+                let autoincrement = sql.lines().any(|l| {
+                    l.trim_start().starts_with(&format!("{} ", c.name))
+                        && l.contains("AUTOINCREMENT")
+                });
+                assert_eq!(c.assigned, autoincrement, "{}.{}", t.name, c.name);
+            }
+        }
+        assert!(RIDES.column("ride_id").is_some_and(|c| c.assigned));
     }
 
     #[test]

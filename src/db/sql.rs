@@ -56,9 +56,16 @@ pub fn select(r: &ReadRequest) -> Statement {
             .collect();
         sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
     }
-    if let Some(limit) = r.limit {
-        params.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
-        sql.push_str(&format!(" LIMIT ?{}", params.len()));
+    if !r.count {
+        // One row more than the page, so the store can tell whether there are more.
+        let peek = r.limit.saturating_add(1);
+        params.push(Value::Integer(i64::try_from(peek).unwrap_or(i64::MAX)));
+        params.push(Value::Integer(i64::try_from(r.offset).unwrap_or(i64::MAX)));
+        sql.push_str(&format!(
+            " LIMIT ?{} OFFSET ?{}",
+            params.len() - 1,
+            params.len()
+        ));
     }
     Statement { sql, params }
 }
@@ -140,9 +147,28 @@ mod tests {
         let s = select(&r);
         assert_eq!(
             s.sql,
-            "SELECT \"ride_id\" FROM \"rides\" WHERE \"source\" = ?1 AND \"timestamp\" > ?2 ORDER BY \"timestamp\" DESC LIMIT ?3"
+            "SELECT \"ride_id\" FROM \"rides\" WHERE \"source\" = ?1 AND \"timestamp\" > ?2 ORDER BY \"timestamp\" DESC LIMIT ?3 OFFSET ?4"
         );
-        assert_eq!(s.params.len(), 3);
+        assert_eq!(s.params[2..], [Value::Integer(4), Value::Integer(0)]);
+    }
+
+    #[test]
+    fn reads_get_the_default_limit_and_counts_none() {
+        let r: ReadRequest = parse(br#"{"table":"users","offset":7}"#).expect("valid");
+        let s = select(&r);
+        assert!(s.sql.ends_with("LIMIT ?1 OFFSET ?2"), "{}", s.sql);
+        assert_eq!(
+            s.params,
+            vec![
+                Value::Integer(crate::db::request::limits::DEFAULT_LIMIT as i64 + 1),
+                Value::Integer(7)
+            ]
+        );
+        let c: ReadRequest = parse(br#"{"table":"users","count":true,"limit":0}"#).expect("valid");
+        assert_eq!(
+            select(&c).sql,
+            "SELECT COUNT(*) AS \"count\" FROM \"users\""
+        );
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! applied writes for dedup) in the same transaction as the data it describes.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
+use std::time::Duration;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
@@ -14,12 +16,23 @@ use serde_json::{Map, Value as Json};
 use super::request::{ReadRequest, WriteRequest};
 use super::{schema, sql};
 
-/// Why a statement failed, mapped to an HTTP status by the orchestrator.
+/// Why a statement failed, mapped to an HTTP status by the orchestrator
+/// (`ErrorReply`'s `From<DbError>`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum DbError {
     /// A constraint refused the write (duplicate key, unknown ride for a member): 409.
     #[error("constraint violated: {0}")]
     Constraint(String),
+    /// A value the database cannot take (too big, wrong type for the column): 422.
+    #[error("value refused by the database: {0}")]
+    Invalid(String),
+    /// Out of space (SQLITE_FULL): the disk is full, or a key the database
+    /// assigns (AUTOINCREMENT) reached its largest value: 507.
+    #[error("out of space: {0} (the disk is full, or a key the database assigns reached its largest value)")]
+    Full(String),
+    /// An Idempotency-Key already used for a different request: 422.
+    #[error("{0}")]
+    KeyReused(String),
     /// The database itself failed: 500.
     #[error("database error: {0}")]
     Internal(String),
@@ -27,16 +40,28 @@ pub enum DbError {
 
 impl From<rusqlite::Error> for DbError {
     fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as C;
         match &e {
-            rusqlite::Error::SqliteFailure(f, msg)
-                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                DbError::Constraint(msg.clone().unwrap_or_else(|| e.to_string()))
+            rusqlite::Error::SqliteFailure(f, msg) => {
+                let text = msg.clone().unwrap_or_else(|| e.to_string());
+                match f.code {
+                    C::ConstraintViolation => DbError::Constraint(text),
+                    C::DiskFull => DbError::Full(text),
+                    C::TooBig | C::TypeMismatch => DbError::Invalid(text),
+                    _ => DbError::Internal(e.to_string()),
+                }
             }
             _ => DbError::Internal(e.to_string()),
         }
     }
 }
+
+/// How long the record of a write (its id, request hash and outcome) is kept
+/// for deduplication: a retry with the same Idempotency-Key within this window
+/// gets the first outcome; after it, the key is new again.
+pub const WRITE_RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Expired write records are deleted at most this often (by entry time).
+pub const WRITE_RECORD_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// What a committed write did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +83,9 @@ pub struct ReadOutcome {
     /// The pid of the worker that answered (set by the worker).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub worker: Option<u32>,
+    /// More rows match beyond this page (`limit`): ask again with `offset`.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub more: bool,
 }
 
 /// One committed write as it travels on `syncQ`.
@@ -67,6 +95,10 @@ pub struct LogEntry {
     pub epoch: u64,
     pub write_id: String,
     pub request: WriteRequest,
+    /// The master's clock when it committed the write (ms since the epoch):
+    /// write records expire by this time, the same way on every replica.
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 /// The master's result for one write.
@@ -100,6 +132,16 @@ pub struct Store {
 
 const SEQ: &str = "seq";
 const EPOCH: &str = "epoch";
+/// The entry time of the last pruning of expired write records.
+const PRUNED_AT: &str = "writes_pruned_at_ms";
+
+/// How one attempt at a batch ended.
+enum Attempt {
+    /// Committed: the results and the new sequence number.
+    Done(Vec<Result<Commit, DbError>>, u64),
+    /// The write at this index made SQLite roll back the whole transaction.
+    RolledBack(usize, DbError),
+}
 
 impl Store {
     /// Opens (creating if needed) the database file at `path`.
@@ -125,6 +167,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(schema::DDL)?;
+        migrate_writes(&conn)?;
         let seq = meta(&conn, SEQ)?;
         let epoch = meta(&conn, EPOCH)?;
         Ok(Store { conn, seq, epoch })
@@ -157,10 +200,16 @@ impl Store {
             }
             out.push(obj);
         }
+        // The statement asks for one row past the page (see `sql::select`).
+        let more = !r.count && out.len() as u64 > r.limit;
+        if more {
+            out.pop();
+        }
         Ok(ReadOutcome {
             rows: out,
             seq: self.seq,
             worker: None,
+            more,
         })
     }
 
@@ -181,28 +230,70 @@ impl Store {
     /// transaction, each in its own savepoint, so a write that fails (a
     /// constraint) is rolled back alone and uses no sequence number, while the
     /// others share one durable commit. Results are in the batch's order.
+    ///
+    /// A write fails alone even when its error makes SQLite roll back the
+    /// whole transaction (SQLITE_FULL from a full disk or an exhausted
+    /// AUTOINCREMENT key, SQLITE_IOERR, SQLITE_NOMEM): that write is answered
+    /// with its error and the rest of the batch runs again in a new
+    /// transaction. If the commit itself fails and nothing was stored, every
+    /// new write of the batch is answered with that error. An `Err` means this
+    /// copy can no longer be trusted (the worker should stop).
     pub fn commit_batch(
         &mut self,
         epoch: u64,
         writes: &[(String, WriteRequest)],
     ) -> Result<Vec<Result<Commit, DbError>>, DbError> {
+        self.commit_batch_at(epoch, now_ms(), writes)
+    }
+
+    /// [`Store::commit_batch`] with the entries' time given.
+    fn commit_batch_at(
+        &mut self,
+        epoch: u64,
+        at_ms: u64,
+        writes: &[(String, WriteRequest)],
+    ) -> Result<Vec<Result<Commit, DbError>>, DbError> {
         let epoch = self.epoch.max(epoch);
+        let mut failed = BTreeMap::new();
+        // Each retry leaves one more write out, so this ends.
+        loop {
+            match self.attempt_batch(epoch, at_ms, writes, &failed)? {
+                Attempt::Done(results, seq) => {
+                    self.seq = seq;
+                    self.epoch = epoch;
+                    return Ok(results);
+                }
+                Attempt::RolledBack(i, e) => {
+                    tracing::warn!(write = %writes[i].1, error = %e, "a write rolled back its whole transaction; the rest of the batch runs again");
+                    failed.insert(i, e);
+                }
+            }
+        }
+    }
+
+    /// One transaction over `writes`, answering those in `failed` with their error.
+    fn attempt_batch(
+        &mut self,
+        epoch: u64,
+        at_ms: u64,
+        writes: &[(String, WriteRequest)],
+        failed: &BTreeMap<usize, DbError>,
+    ) -> Result<Attempt, DbError> {
         let mut seq = self.seq;
         let mut results = Vec::with_capacity(writes.len());
         let mut tx = self.conn.transaction()?;
-        for (write_id, request) in writes {
-            let earlier: Option<String> = tx
-                .prepare_cached("SELECT outcome FROM _writes WHERE write_id = ?1")?
-                .query_row([write_id], |r| r.get(0))
-                .optional()?;
-            if let Some(outcome) = earlier {
-                let outcome = serde_json::from_str(&outcome)
-                    .map_err(|e| DbError::Internal(format!("stored outcome: {e}")))?;
-                results.push(Ok(Commit::Duplicate(outcome)));
+        for (i, (write_id, request)) in writes.iter().enumerate() {
+            if let Some(e) = failed.get(&i) {
+                results.push(Err(e.clone()));
+                continue;
+            }
+            let hash = request_hash(request)?;
+            if let Some(earlier) = earlier_write(&tx, write_id, &hash)? {
+                results.push(earlier);
                 continue;
             }
             let sp = tx.savepoint()?;
-            match apply(&sp, write_id, seq + 1, request) {
+            match apply(&sp, write_id, seq + 1, at_ms, &hash, request) {
                 Ok(outcome) => {
                     sp.commit()?;
                     seq += 1;
@@ -211,20 +302,46 @@ impl Store {
                         epoch,
                         write_id: write_id.clone(),
                         request: request.clone(),
+                        at_ms,
                     };
                     results.push(Ok(Commit::New(entry, outcome)));
                 }
-                // Dropping the savepoint rolls this write back alone.
-                Err(e) => results.push(Err(e)),
+                Err(e) => {
+                    // Dropping the savepoint rolls this write back alone,
+                    // unless SQLite rolled back the whole transaction.
+                    drop(sp);
+                    if tx.is_autocommit() {
+                        return Ok(Attempt::RolledBack(i, e));
+                    }
+                    results.push(Err(e));
+                }
             }
         }
         if epoch > self.epoch {
             set_meta(&tx, EPOCH, epoch)?;
         }
-        tx.commit()?;
-        self.seq = seq;
-        self.epoch = epoch;
-        Ok(results)
+        if let Err(e) = tx.commit() {
+            let e = DbError::from(e);
+            // A failed COMMIT is rolled back; make sure nothing was stored
+            // before answering the batch's new writes with the error.
+            let stored = meta(&self.conn, SEQ)?;
+            if stored != self.seq {
+                return Err(DbError::Internal(format!(
+                    "commit failed ({e}) yet the stored seq is {stored}, not {}",
+                    self.seq
+                )));
+            }
+            tracing::warn!(error = %e, "a batch could not commit: its new writes are refused");
+            let results = results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(Commit::New(..)) => Err(e.clone()),
+                    other => other,
+                })
+                .collect();
+            return Ok(Attempt::Done(results, self.seq));
+        }
+        Ok(Attempt::Done(results, seq))
     }
 
     /// Replica side: applies one entry from `syncQ` strictly in sequence order.
@@ -243,7 +360,14 @@ impl Store {
         let tx = self.conn.transaction()?;
         // A write that failed on the master was never published, so a failure here
         // means this replica diverged: report it rather than skip it.
-        apply(&tx, &entry.write_id, entry.seq, &entry.request)?;
+        apply(
+            &tx,
+            &entry.write_id,
+            entry.seq,
+            entry.at_ms,
+            &request_hash(&entry.request)?,
+            &entry.request,
+        )?;
         if entry.epoch > self.epoch {
             set_meta(&tx, EPOCH, entry.epoch)?;
         }
@@ -302,10 +426,116 @@ impl Store {
     }
 }
 
+/// The hash a write's record keeps, to tell a retry of the same request from
+/// another request under the same Idempotency-Key: SHA-256 of the request's
+/// canonical JSON (its wire form with object keys sorted).
+pub fn request_hash(request: &WriteRequest) -> Result<String, DbError> {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_value(request).map_err(|e| DbError::Internal(e.to_string()))?;
+    let mut text = String::new();
+    canonical(&json, &mut text);
+    Ok(Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// `v` as JSON with every object's keys in sorted order.
+fn canonical(v: &Json, out: &mut String) {
+    match v {
+        Json::Object(map) => {
+            let sorted: BTreeMap<&String, &Json> = map.iter().collect();
+            out.push('{');
+            for (i, (k, v)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Json::from(k.as_str()).to_string());
+                out.push(':');
+                canonical(v, out);
+            }
+            out.push('}');
+        }
+        Json::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The answer to a write whose id was applied before: its first outcome if it
+/// is the same request, a refusal if the id (a client's Idempotency-Key) came
+/// with another request. Records without a hash (older copies) match any request.
+fn earlier_write(
+    tx: &Connection,
+    write_id: &str,
+    hash: &str,
+) -> Result<Option<Result<Commit, DbError>>, DbError> {
+    let earlier: Option<(String, Option<String>, i64)> = tx
+        .prepare_cached("SELECT outcome, request_hash, seq FROM _writes WHERE write_id = ?1")?
+        .query_row([write_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((outcome, stored_hash, seq)) = earlier else {
+        return Ok(None);
+    };
+    if stored_hash.is_some_and(|h| h != hash) {
+        return Ok(Some(Err(DbError::KeyReused(format!(
+            "this Idempotency-Key was already used for a different request (applied as seq {seq}); send a new key with a new request"
+        )))));
+    }
+    let outcome = serde_json::from_str(&outcome)
+        .map_err(|e| DbError::Internal(format!("stored outcome: {e}")))?;
+    Ok(Some(Ok(Commit::Duplicate(outcome))))
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
+/// Copies made before write records had a request hash and a time get the
+/// columns (NULL hash: matches any request; time 0: expires at the next pruning).
+fn migrate_writes(conn: &Connection) -> Result<(), DbError> {
+    let columns: Vec<String> = conn
+        .prepare("PRAGMA table_info(_writes)")?
+        .query_map([], |r| r.get::<_, String>(1))?
+        .collect::<Result<_, _>>()?;
+    if !columns.iter().any(|c| c == "request_hash") {
+        conn.execute_batch("ALTER TABLE _writes ADD COLUMN request_hash TEXT")?;
+    }
+    if !columns.iter().any(|c| c == "at_ms") {
+        conn.execute_batch("ALTER TABLE _writes ADD COLUMN at_ms INTEGER NOT NULL DEFAULT 0")?;
+    }
+    conn.execute_batch(schema::DDL_WRITES_INDEX)?;
+    Ok(())
+}
+
+/// Deletes write records older than [`WRITE_RECORD_TTL`] before `at_ms`, at
+/// most once per [`WRITE_RECORD_PRUNE_EVERY`]. Driven by entry times only, so
+/// the master and every replica prune at the same entries.
+fn prune_writes(tx: &Connection, at_ms: u64) -> Result<(), DbError> {
+    let every = WRITE_RECORD_PRUNE_EVERY.as_millis() as u64;
+    if at_ms < meta(tx, PRUNED_AT)?.saturating_add(every) {
+        return Ok(());
+    }
+    let before = at_ms.saturating_sub(WRITE_RECORD_TTL.as_millis() as u64);
+    tx.prepare_cached("DELETE FROM _writes WHERE at_ms < ?1")?
+        .execute([before as i64])?;
+    set_meta(tx, PRUNED_AT, at_ms)
+}
+
 fn apply(
     tx: &Connection,
     write_id: &str,
     seq: u64,
+    at_ms: u64,
+    hash: &str,
     request: &WriteRequest,
 ) -> Result<WriteOutcome, DbError> {
     let mut rows_affected = 0u64;
@@ -321,8 +551,17 @@ fn apply(
         last_insert_id,
     };
     let stored = serde_json::to_string(&outcome).map_err(|e| DbError::Internal(e.to_string()))?;
-    tx.prepare_cached("INSERT INTO _writes (write_id, seq, outcome) VALUES (?1, ?2, ?3)")?
-        .execute(rusqlite::params![write_id, seq as i64, stored])?;
+    prune_writes(tx, at_ms)?;
+    tx.prepare_cached(
+        "INSERT INTO _writes (write_id, seq, outcome, request_hash, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(rusqlite::params![
+        write_id,
+        seq as i64,
+        stored,
+        hash,
+        at_ms as i64
+    ])?;
     set_meta(tx, SEQ, seq)?;
     Ok(outcome)
 }
@@ -416,6 +655,239 @@ mod tests {
             .read(&r(r#"{"table":"users","count":true}"#))
             .expect("count");
         assert_eq!(names.rows[0]["count"], 3);
+    }
+
+    fn ride() -> WriteRequest {
+        w(
+            r#"{"table":"rides","insert":{"created_by":"a","timestamp":"2030-01-01 00:00:00","source":1,"destination":2}}"#,
+        )
+    }
+
+    /// A ride with the largest id there is: the next AUTOINCREMENT insert
+    /// gets SQLITE_FULL. (Requests cannot set `ride_id`; this goes around them.)
+    fn exhaust_ride_ids(s: &Store) {
+        s.conn
+            .execute(
+                "INSERT INTO rides (ride_id, created_by, timestamp, source, destination) VALUES (?1, 'a', '2030-01-01 00:00:00', 1, 2)",
+                [i64::MAX],
+            )
+            .expect("insert the last ride id");
+    }
+
+    #[test]
+    fn sqlite_full_rolls_back_the_whole_transaction() {
+        // The premise of the batch handling below, checked on SQLite itself.
+        let mut s = Store::open_in_memory().expect("db");
+        exhaust_ride_ids(&s);
+        let tx = s.conn.transaction().expect("tx");
+        tx.execute_batch("SAVEPOINT a").expect("savepoint");
+        let e = tx
+            .execute(
+                "INSERT INTO rides (created_by, timestamp, source, destination) VALUES ('a', 't', 1, 2)",
+                [],
+            )
+            .expect_err("no ride id left");
+        assert!(matches!(DbError::from(e), DbError::Full(_)));
+        assert!(tx.is_autocommit(), "SQLite ended the transaction");
+    }
+
+    #[test]
+    fn a_write_that_rolls_back_the_transaction_fails_alone() {
+        let mut s = Store::open_in_memory().expect("db");
+        s.commit("u", 1, &user("a")).expect("commit");
+        exhaust_ride_ids(&s);
+        let batch = vec![
+            ("w1".to_string(), user("b")),
+            ("w2".to_string(), ride()), // SQLITE_FULL: SQLite rolls back everything
+            ("w3".to_string(), user("c")),
+            ("u".to_string(), user("a")), // a redelivery, still answered
+            ("w4".to_string(), user("a")), // a constraint, fails alone as before
+            ("w5".to_string(), user("d")),
+        ];
+        let results = s.commit_batch(1, &batch).expect("the batch is answered");
+        let seen: Vec<String> = results
+            .iter()
+            .map(|r| match r {
+                Ok(Commit::New(e, _)) => format!("new {}", e.seq),
+                Ok(Commit::Duplicate(o)) => format!("dup {}", o.seq),
+                Err(DbError::Full(_)) => "full".into(),
+                Err(DbError::Constraint(_)) => "conflict".into(),
+                Err(e) => format!("{e}"),
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec!["new 2", "full", "new 3", "dup 1", "conflict", "new 4"]
+        );
+        assert_eq!(s.seq(), 4);
+        let users = s
+            .read(&r(r#"{"table":"users","count":true}"#))
+            .expect("count");
+        assert_eq!(users.rows[0]["count"], 4, "a, b, c and d are stored");
+        let rides = s
+            .read(&r(r#"{"table":"rides","count":true}"#))
+            .expect("count");
+        assert_eq!(rides.rows[0]["count"], 1, "only the seeded ride");
+        // The store keeps working, one write at a time or in a batch.
+        let (e, _) = committed(s.commit("w6", 1, &user("e")).expect("commit"));
+        assert_eq!(e.seq, 5);
+        let again = s.commit("w7", 1, &ride()).expect_err("still no ride id");
+        assert!(matches!(again, DbError::Full(_)), "{again:?}");
+        assert_eq!(s.seq(), 5);
+    }
+
+    #[test]
+    fn every_write_of_a_batch_can_fail_alone() {
+        let mut s = Store::open_in_memory().expect("db");
+        exhaust_ride_ids(&s);
+        let batch: Vec<(String, WriteRequest)> =
+            (0..5).map(|i| (format!("r{i}"), ride())).collect();
+        let results = s.commit_batch(1, &batch).expect("answered");
+        assert!(results.iter().all(|r| matches!(r, Err(DbError::Full(_)))));
+        assert_eq!(s.seq(), 0);
+    }
+
+    #[test]
+    fn an_idempotency_key_is_bound_to_its_request() {
+        let mut s = Store::open_in_memory().expect("db");
+        let (_, first) = committed(s.commit("key:k", 1, &user("a")).expect("commit"));
+        // The same request again (its keys in another order): the first outcome.
+        let same = w(r#"{"insert":{"password":"p","username":"a"},"table":"users"}"#);
+        assert_eq!(
+            s.commit("key:k", 1, &same).expect("dedup"),
+            Commit::Duplicate(first)
+        );
+        let other = s
+            .commit("key:k", 1, &user("b"))
+            .expect_err("another request");
+        assert!(matches!(other, DbError::KeyReused(_)), "{other:?}");
+        // Within one batch too.
+        let results = s
+            .commit_batch(
+                1,
+                &[
+                    ("key:n".to_string(), user("c")),
+                    ("key:n".to_string(), user("d")),
+                ],
+            )
+            .expect("batch");
+        assert!(matches!(results[0], Ok(Commit::New(..))));
+        assert!(matches!(results[1], Err(DbError::KeyReused(_))));
+        assert_eq!(s.seq(), 2);
+        assert_eq!(
+            request_hash(&user("a")).expect("hash"),
+            request_hash(&same).expect("hash")
+        );
+        assert_ne!(
+            request_hash(&user("a")).expect("hash"),
+            request_hash(&user("b")).expect("hash")
+        );
+    }
+
+    fn write_ids(s: &Store) -> Vec<String> {
+        let mut stmt = s
+            .conn
+            .prepare("SELECT write_id FROM _writes ORDER BY write_id")
+            .expect("prepare");
+        stmt.query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
+    #[test]
+    fn write_records_expire_alike_on_the_master_and_its_replicas() {
+        let hour = 3_600_000;
+        let t0 = 1_000 * hour;
+        let mut master = Store::open_in_memory().expect("db");
+        let mut replica = Store::open_in_memory().expect("db");
+        let mut entries = Vec::new();
+        for (id, name, at) in [
+            ("key:a", "a", t0),
+            ("key:b", "b", t0 + hour),
+            ("key:c", "c", t0 + 2 * hour),
+            // 24 h after b: a and b expire (at most one pruning a minute).
+            ("key:d", "d", t0 + 25 * hour + 1),
+            ("key:e", "e", t0 + 25 * hour + 2),
+        ] {
+            let mut results = master
+                .commit_batch_at(1, at, &[(id.to_string(), user(name))])
+                .expect("commit");
+            match results.pop() {
+                Some(Ok(Commit::New(entry, _))) => entries.push(entry),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(write_ids(&master), vec!["key:c", "key:d", "key:e"]);
+        for e in &entries {
+            assert_eq!(replica.apply_sync(e).expect("apply"), SyncApplied::Applied);
+        }
+        assert_eq!(write_ids(&replica), write_ids(&master));
+        // An expired key is new again: here it meets the username it inserted.
+        let again = master
+            .commit_batch_at(1, t0 + 26 * hour, &[("key:a".to_string(), user("a"))])
+            .expect("commit");
+        assert!(matches!(again[0], Err(DbError::Constraint(_))), "{again:?}");
+    }
+
+    #[test]
+    fn an_older_copy_gets_the_new_write_record_columns() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("old.sqlite");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(
+                "CREATE TABLE _writes (write_id TEXT PRIMARY KEY NOT NULL, seq INTEGER NOT NULL, outcome TEXT NOT NULL);
+                 INSERT INTO _writes VALUES ('key:old', 1, '{\"seq\":1,\"rows_affected\":1}');",
+            )
+            .expect("old schema");
+        }
+        let mut s = Store::open(&path).expect("migrated");
+        // A record without a hash matches any request: its first outcome.
+        assert!(matches!(
+            s.commit("key:old", 1, &user("x")).expect("dedup"),
+            Commit::Duplicate(WriteOutcome { seq: 1, .. })
+        ));
+        committed(s.commit("key:new", 1, &user("y")).expect("commit"));
+    }
+
+    #[test]
+    fn reads_page_with_limit_and_offset() {
+        let mut s = Store::open_in_memory().expect("db");
+        let batch: Vec<(String, WriteRequest)> = (0..5)
+            .map(|i| (format!("w{i}"), user(&format!("u{i}"))))
+            .collect();
+        s.commit_batch(1, &batch).expect("batch");
+        let page = |body: &str| {
+            let out = s.read(&r(body)).expect("read");
+            let names: Vec<String> = out
+                .rows
+                .iter()
+                .map(|r| r["username"].as_str().unwrap_or("").to_string())
+                .collect();
+            (names, out.more)
+        };
+        let q = r#"{"table":"users","columns":["username"],"order_by":[{"column":"username"}],"limit":2"#;
+        assert_eq!(
+            page(&format!("{q}}}")),
+            (vec!["u0".into(), "u1".into()], true)
+        );
+        assert_eq!(
+            page(&format!("{q},\"offset\":2}}")),
+            (vec!["u2".into(), "u3".into()], true)
+        );
+        assert_eq!(
+            page(&format!("{q},\"offset\":4}}")),
+            (vec!["u4".into()], false)
+        );
+        assert_eq!(page(&format!("{q},\"offset\":9}}")), (vec![], false));
+        let count = s
+            .read(&r(r#"{"table":"users","count":true,"limit":0}"#))
+            .expect("count");
+        assert_eq!(
+            (count.rows[0]["count"].as_i64(), count.more),
+            (Some(5), false)
+        );
     }
 
     #[test]

@@ -20,9 +20,10 @@ pub async fn read(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    state.scaler.do_send(ReadReceived);
     let body = body::read(&req, payload).await?;
     let request: ReadRequest = parse(&body)?;
+    // Only a read that validated counts for the Scaler: junk cannot scale the cluster.
+    state.scaler.do_send(ReadReceived);
     let kind = Kind::Read(request.consistency);
     let message = serde_json::to_vec(&ReadMessage { request })
         .map_err(|e| ApiError::internal(e.to_string()))?;

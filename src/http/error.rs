@@ -34,7 +34,12 @@ impl ResponseError for ApiError {
         self.status
     }
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(serde_json::json!({ "error": self.message }))
+        let mut res = HttpResponse::build(self.status);
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The client was too slow: the rest of its body is not waited for.
+            res.force_close();
+        }
+        res.json(serde_json::json!({ "error": self.message }))
     }
 }
 

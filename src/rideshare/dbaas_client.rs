@@ -59,6 +59,8 @@ pub struct Read {
     #[serde(skip_serializing_if = "Option::is_none")]
     count: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     min_seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     consistency: Option<&'static str>,
@@ -72,6 +74,7 @@ impl Read {
             filter: Map::new(),
             order_by: Vec::new(),
             count: None,
+            offset: None,
             min_seq: None,
             consistency: None,
         }
@@ -111,6 +114,9 @@ pub struct WriteOutcome {
 #[derive(Debug, Deserialize)]
 struct ReadOutcome {
     rows: Vec<Row>,
+    /// More rows follow this page (the DBaaS returns at most its default limit).
+    #[serde(default)]
+    more: bool,
 }
 
 /// The client; cheap to clone (clones share the connection pool and the seq).
@@ -144,10 +150,24 @@ impl DbaasClient {
         self.seq.load(Ordering::SeqCst)
     }
 
-    /// Rows matching `q`, read at or after this client's last write. If the
-    /// replica cannot reach that point (503: no slave, or a DBaaS restarted
-    /// with fresh data), the read is retried once on the master.
+    /// All rows matching `q`, page by page (the DBaaS answers at most a page
+    /// per read and says when more follow; give `q` an order for stable pages).
     pub async fn read(&self, mut q: Read) -> Result<Vec<Row>, DbError> {
+        let mut rows = Vec::new();
+        loop {
+            let page = self.read_page(q.clone()).await?;
+            rows.extend(page.rows);
+            if !page.more {
+                return Ok(rows);
+            }
+            q.offset = Some(rows.len() as u64);
+        }
+    }
+
+    /// One page of rows matching `q`, read at or after this client's last
+    /// write. If the replica cannot reach that point (503: no slave, or a
+    /// DBaaS restarted with fresh data), the read is retried once on the master.
+    async fn read_page(&self, mut q: Read) -> Result<ReadOutcome, DbError> {
         let seq = self.seq();
         if seq > 0 {
             q.min_seq = Some(seq);
@@ -162,8 +182,7 @@ impl DbaasClient {
             }
             other => other?,
         };
-        let out: ReadOutcome = serde_json::from_value(body).map_err(unexpected)?;
-        Ok(out.rows)
+        serde_json::from_value(body).map_err(unexpected)
     }
 
     /// The number of rows matching `q`.

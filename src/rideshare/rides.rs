@@ -26,6 +26,8 @@ use super::web::{empty, not_found, read_fields, resource, serve};
 pub struct Config {
     /// Listen address, e.g. `127.0.0.1:8002`.
     pub bind: String,
+    /// Client timeouts and the connection cap of its HTTP server.
+    pub http: crate::config::HttpLimits,
     /// The DBaaS orchestrator's base URL.
     pub dbaas_url: String,
     /// Base URL of the users API (the load balancer in production).
@@ -322,5 +324,5 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         bind = %config.bind, dbaas = %config.dbaas_url, users = %config.users_url,
         origin = %config.origin, "rides service starting"
     );
-    serve("rides", &config.bind, state, routes).await
+    serve("rides", &config.bind, config.http, state, routes).await
 }

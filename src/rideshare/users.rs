@@ -19,6 +19,8 @@ use super::web::{empty, not_found, read_fields, resource, serve};
 pub struct Config {
     /// Listen address, e.g. `127.0.0.1:8001`.
     pub bind: String,
+    /// Client timeouts and the connection cap of its HTTP server.
+    pub http: crate::config::HttpLimits,
     /// The DBaaS orchestrator's base URL.
     pub dbaas_url: String,
     /// Timeout of each call to the DBaaS.
@@ -142,5 +144,5 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         db: DbaasClient::new(http, &config.dbaas_url),
     });
     tracing::info!(bind = %config.bind, dbaas = %config.dbaas_url, "users service starting");
-    serve("users", &config.bind, state, routes).await
+    serve("users", &config.bind, config.http, state, routes).await
 }

@@ -105,9 +105,18 @@ pub fn required_string(fields: &Fields, name: &str) -> Result<String, Invalid> {
     }
 }
 
-/// A username: a non-empty string, any length (the DBaaS body limit aside).
+/// A username: a non-empty string of at most the DBaaS's longest value
+/// ([`MAX_TEXT`](crate::db::request::limits::MAX_TEXT) bytes).
 pub fn username(fields: &Fields, name: &str) -> Result<String, Invalid> {
-    required_string(fields, name)
+    use crate::db::request::limits::MAX_TEXT;
+    let s = required_string(fields, name)?;
+    if s.len() > MAX_TEXT {
+        return invalid(format!(
+            "{name:?} is {} bytes long; at most {MAX_TEXT} are accepted",
+            s.len()
+        ));
+    }
+    Ok(s)
 }
 
 /// A password: a SHA1 hex digest.
@@ -273,9 +282,11 @@ mod tests {
         for k in ["e", "n", "z", "missing"] {
             assert!(username(&f, k).is_err(), "{k} accepted");
         }
-        let long = "x".repeat(100_000);
-        let f = fields(json!({ "u": long }));
-        assert_eq!(username(&f, "u").unwrap().len(), 100_000);
+        let longest = "x".repeat(crate::db::request::limits::MAX_TEXT);
+        let f = fields(json!({ "u": longest, "v": "x".repeat(100_000) }));
+        assert_eq!(username(&f, "u").unwrap().len(), 4096);
+        let e = username(&f, "v").unwrap_err();
+        assert!(format!("{e:?}").contains("at most 4096"), "{e:?}");
     }
 
     #[test]

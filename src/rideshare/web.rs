@@ -8,6 +8,7 @@ use serde_json::Value as Json;
 
 use super::error::ApiError;
 use super::validate::Fields;
+use crate::config::HttpLimits;
 use crate::http::body::BodyError;
 
 /// The largest request body accepted; larger ones get a clean 400.
@@ -17,12 +18,14 @@ pub const MAX_BODY: usize = 256 * 1024;
 /// `application/x-www-form-urlencoded`, as a JSON object otherwise. An empty
 /// body is an empty object (so a missing field is reported by name).
 pub async fn read_fields(req: &HttpRequest, payload: web::Payload) -> Result<Fields, ApiError> {
-    let body = crate::http::body::read_limited(req, payload, MAX_BODY)
+    let timeout = crate::http::body::timeout_of(req);
+    let body = crate::http::body::read_limited(req, payload, MAX_BODY, timeout)
         .await
         .map_err(|e| match e {
             BodyError::TooLarge => {
                 ApiError::bad_request(format!("body larger than {MAX_BODY} bytes"))
             }
+            e @ BodyError::TimedOut(_) => crate::http::body::timed_out(e),
             BodyError::Broken(e) => ApiError::bad_request(format!("reading body: {e}")),
         })?;
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -87,10 +90,11 @@ pub async fn not_found() -> HttpResponse {
 }
 
 /// Serves a RideShare service until SIGINT/SIGTERM: its state, a fresh
-/// `_count` counter, request logging and its routes.
+/// `_count` counter, request logging and its routes, within `limits`.
 pub async fn serve<S: Send + Sync + 'static>(
     name: &'static str,
     bind: &str,
+    limits: HttpLimits,
     state: web::Data<S>,
     routes: fn(&mut web::ServiceConfig),
 ) -> anyhow::Result<()> {
@@ -99,9 +103,14 @@ pub async fn serve<S: Send + Sync + 'static>(
         actix_web::App::new()
             .app_data(state.clone())
             .app_data(counter.clone())
+            .app_data(limits)
             .wrap(actix_web::middleware::Logger::default())
             .configure(routes)
     })
+    .workers(limits.workers())
+    .max_connections(limits.connections_per_worker())
+    .client_request_timeout(limits.client_timeout)
+    .client_disconnect_timeout(limits.disconnect_timeout())
     .bind(bind)?
     .shutdown_timeout(10)
     .run()
