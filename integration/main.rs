@@ -7,6 +7,7 @@ mod containers;
 mod data_path;
 mod docs;
 mod ha;
+mod linearizability;
 mod observability;
 mod replication;
 mod rideshare;
