@@ -648,7 +648,7 @@ fn conclude(o: &Orchestrator, test: &str, run: &Run, trouble: Option<String>, ex
     }
     result.push_str(&explanation);
     let dir = save(test, &history, &faults, &result, o);
-    println!("{summary}\n  history: {}", dir.display());
+    println!("\n{summary}\n  history: {}", dir.display());
     let good = verdict.as_ref().is_some_and(Verdict::linearizable);
     assert!(
         good && trouble.is_none(),
