@@ -585,10 +585,53 @@ fn save(
     dir
 }
 
+/// Workers the nemesis faulted that are still running once the orchestrator
+/// has stopped (a deposed master that never exited): killed, so no test leaves
+/// one behind, after a bounded wait and only if `/proc` shows our worker
+/// binary under that pid. Returns their pids.
+async fn reap_leftovers(run: &Run) -> Vec<u64> {
+    let faulted: std::collections::BTreeSet<u64> = run
+        .faults
+        .lock()
+        .expect("faults lock")
+        .iter()
+        .map(|f| f.pid)
+        .collect();
+    let ours = |pid: u64| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let exe = crate::common::bin("worker");
+        crate::common::alive(pid) && cmdline.starts_with(exe.as_os_str().as_encoded_bytes())
+    };
+    let gone = wait_until(
+        "faulted workers to exit",
+        Duration::from_secs(5),
+        || async { faulted.iter().all(|&p| !ours(p)).then_some(()) },
+    )
+    .await;
+    if gone.is_some() {
+        return Vec::new();
+    }
+    let left: Vec<u64> = faulted.into_iter().filter(|&p| ours(p)).collect();
+    for &pid in &left {
+        signal(pid, libc::SIGCONT);
+        crate::common::sigkill(pid);
+    }
+    left
+}
+
 /// Checks the run's history, saves everything, prints the summary line and
 /// fails the test on a violation (or on `trouble`, e.g. a cluster that never
 /// recovered), naming the directory that keeps the evidence.
-fn conclude(o: &Orchestrator, test: &str, run: &Run, trouble: Option<String>, extra: &str) {
+async fn conclude(
+    o: Arc<Orchestrator>,
+    test: &str,
+    run: &Run,
+    trouble: Option<String>,
+    extra: &str,
+) {
+    let mut o = Arc::into_inner(o).expect("no task holds the orchestrator any more");
+    o.stop();
+    let leftovers = reap_leftovers(run).await;
     let history = run.history.lock().expect("history lock").clone();
     let faults = std::mem::take(&mut *run.faults.lock().expect("faults lock"));
     let count = |o: Outcome| history.iter().filter(|e| e.outcome == o).count();
@@ -643,11 +686,16 @@ fn conclude(o: &Orchestrator, test: &str, run: &Run, trouble: Option<String>, ex
         by_fault.join(", "),
     );
     let mut result = format!("{summary}\n");
+    if !leftovers.is_empty() {
+        result.push_str(&format!(
+            "note: faulted workers {leftovers:?} outlived the orchestrator's stop and were killed\n"
+        ));
+    }
     if let Some(t) = &trouble {
         result.push_str(&format!("trouble: {t}\n"));
     }
     result.push_str(&explanation);
-    let dir = save(test, &history, &faults, &result, o);
+    let dir = save(test, &history, &faults, &result, &o);
     println!("\n{summary}\n  history: {}", dir.display());
     let good = verdict.as_ref().is_some_and(Verdict::linearizable);
     assert!(
@@ -706,12 +754,13 @@ async fn strong_reads_writes_and_cas_stay_linearizable_under_a_master_nemesis() 
         final_reads(&run, touched, u32::MAX).await;
     }
     conclude(
-        &o,
+        o,
         "load",
         &run,
         trouble,
         &format!(", {clients} clients, {live} live keys, {per_key} ops a key, {secs} s"),
-    );
+    )
+    .await;
 }
 
 /// Final strong reads, one per key, by one fresh process once the cluster has
@@ -860,7 +909,7 @@ async fn a_paused_master_never_answers_a_strong_read() {
         ));
     }
     conclude(
-        &o,
+        o,
         "probe",
         &run,
         trouble,
@@ -869,7 +918,8 @@ async fn a_paused_master_never_answers_a_strong_read() {
              (in {rounds_answered_by_paused} round(s))",
             total.answered, total.reads, total.by_paused,
         ),
-    );
+    )
+    .await;
 }
 
 /// Re-checks a saved history: `JEPSEN_HISTORY=target/tmp/jepsen/<run>/history.jsonl`.
