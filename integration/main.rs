@@ -10,6 +10,7 @@ mod failover;
 mod faults;
 mod ha;
 mod inputs;
+mod linearizability;
 mod observability;
 mod replication;
 mod rideshare;
