@@ -178,8 +178,16 @@ async fn requests_without_workers_wait_out_their_deadline_and_a_queued_write_is_
     )
     .await;
 
-    // Nothing is refused for lack of a worker: the read waits for one until its
-    // deadline (a failover takes far less), then says so.
+    // Once the broker session is up (readiness then names only the missing
+    // workers), nothing is refused for lack of a worker: the read waits for one
+    // until its deadline (a failover takes far less), then says so.
+    wait_until("the broker session", Duration::from_secs(30), || async {
+        let (_, ready) = o.get_json("/api/v1/ready").await;
+        let reason = ready["error"].as_str().unwrap_or_default().to_string();
+        (!reason.contains("RabbitMQ")).then_some(())
+    })
+    .await
+    .expect("the orchestrator connected to RabbitMQ");
     let (status, body) = o.read(json!({"table": "users"})).await;
     assert_eq!(status, 504, "no worker yet: {body}");
     assert!(

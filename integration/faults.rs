@@ -2,7 +2,9 @@
 //! RabbitMQ killed with SIGKILL, ZooKeeper stopped past the session timeout.
 //! Each test runs its own brokers (restarting the shared ones would disturb the
 //! other tests), writes before and after the fault, and ends with every
-//! acknowledged write present exactly once.
+//! acknowledged write present exactly once. They are `#[ignore]`d in the main
+//! run and run one at a time by `scripts/test` (a broker restarting under the
+//! load of the whole suite can take minutes to serve its stream again).
 
 use std::time::{Duration, Instant};
 
@@ -76,6 +78,7 @@ async fn all_present_once(o: &Orchestrator, names: &[String]) {
 }
 
 #[tokio::test]
+#[ignore = "run alone by scripts/test: restarts its own brokers"]
 async fn rabbitmq_stopped_and_started_the_service_comes_back() {
     let brokers = PrivateBrokers::start();
     let o = start("rmq-restart", &brokers).await;
@@ -103,7 +106,7 @@ async fn rabbitmq_stopped_and_started_the_service_comes_back() {
     );
 
     brokers.start_rabbitmq();
-    let took = first_write_after(&o, "after-restart", Duration::from_secs(120)).await;
+    let took = first_write_after(&o, "after-restart", Duration::from_secs(240)).await;
     eprintln!("RabbitMQ back -> first acknowledged write: {took:?}");
     names.push("after-restart".into());
     names.extend(write_users(&o, "after", 10).await);
@@ -111,13 +114,14 @@ async fn rabbitmq_stopped_and_started_the_service_comes_back() {
 }
 
 #[tokio::test]
+#[ignore = "run alone by scripts/test: restarts its own brokers"]
 async fn rabbitmq_killed_the_service_comes_back() {
     let brokers = PrivateBrokers::start();
     let o = start("rmq-kill", &brokers).await;
     let mut names = write_users(&o, "before", 10).await;
     brokers.kill_rabbitmq();
     brokers.start_rabbitmq();
-    let took = first_write_after(&o, "after-kill", Duration::from_secs(120)).await;
+    let took = first_write_after(&o, "after-kill", Duration::from_secs(240)).await;
     eprintln!("RabbitMQ back after kill -9 -> first acknowledged write: {took:?}");
     names.push("after-kill".into());
     names.extend(write_users(&o, "after", 10).await);
@@ -125,6 +129,7 @@ async fn rabbitmq_killed_the_service_comes_back() {
 }
 
 #[tokio::test]
+#[ignore = "run alone by scripts/test: restarts its own brokers"]
 async fn zookeeper_stopped_past_the_session_timeout_the_service_comes_back() {
     let brokers = PrivateBrokers::start();
     let o = start("zk-restart", &brokers).await;
@@ -141,7 +146,7 @@ async fn zookeeper_stopped_past_the_session_timeout_the_service_comes_back() {
         tokio::time::sleep(rest).await;
     }
     brokers.start_zookeeper();
-    let took = first_write_after(&o, "after-zk", Duration::from_secs(120)).await;
+    let took = first_write_after(&o, "after-zk", Duration::from_secs(240)).await;
     eprintln!("ZooKeeper back -> first acknowledged write: {took:?}");
     names.push("after-zk".into());
     names.extend(write_users(&o, "after", 10).await);

@@ -52,6 +52,9 @@ pub struct Outbound {
     pub body: Vec<u8>,
     /// Reads expire from their queue after this long.
     pub expires_after: Duration,
+    /// A read's `min_seq`: one no write has reached is refused at once
+    /// rather than parked on a replica until its wait runs out.
+    pub min_seq: Option<u64>,
     /// Carried to the worker in the `x-request-id` header, for its logs.
     pub request_id: String,
 }
@@ -64,10 +67,20 @@ pub struct Routes {
     pub serving_slaves: usize,
     /// Whether a master serves `writeQ` and `readQ.master`.
     pub master: bool,
+    /// The highest sequence number a worker reported (None: no worker known).
+    pub latest_seq: Option<u64>,
 }
+
+/// How far beyond the latest reported sequence number a `min_seq` may be:
+/// workers report their progress every 500 ms, so a client may legitimately
+/// hold a `seq` somewhat newer than the last report, never this much newer.
+pub const MIN_SEQ_MARGIN: u64 = 100_000;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
+    /// The request can never be served as asked.
+    #[error("{0}")]
+    Unservable(String),
     #[error("publish to the broker failed: {0}")]
     Broker(String),
 }
@@ -236,6 +249,12 @@ impl<P: Publisher> Handler<Publish> for Dispatcher<P> {
 
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) -> Self::Result {
         let Publish { request, reply } = msg;
+        if let (Some(min), Some(latest)) = (request.min_seq, self.routes.latest_seq) {
+            if min > latest.saturating_add(MIN_SEQ_MARGIN) {
+                let why = format!("min_seq {min} is beyond any sequence number a write has been given (latest {latest})");
+                return Box::pin(async move { Err(PublishError::Unservable(why)) });
+            }
+        }
         let queue = queue_for(self.routes, request.kind);
         let Some(publisher) = &self.publisher else {
             return Box::pin(async {
@@ -317,6 +336,7 @@ mod tests {
             kind,
             correlation_id: id.into(),
             body: b"{}".to_vec(),
+            min_seq: None,
             expires_after: Duration::from_secs(1),
             request_id: "r".into(),
         };
@@ -360,6 +380,7 @@ mod tests {
         let routes = |serving_slaves, master| Routes {
             serving_slaves,
             master,
+            latest_seq: Some(0),
         };
         dispatcher.send(routes(0, true)).await.expect("send");
         send_all(&dispatcher, &[(EVENTUAL, "r2")]).await;
@@ -386,6 +407,7 @@ mod tests {
             .send(Routes {
                 serving_slaves: 2,
                 master: true,
+                latest_seq: None,
             })
             .await
             .expect("send");
@@ -425,6 +447,39 @@ mod tests {
         send_all(&dispatcher, &[(Kind::Write, "w2")]).await;
         assert_eq!(sent(&publisher), vec!["writeQ w2"]);
         assert_eq!(dispatcher.send(Probe).await.expect("send"), Ok(()));
+    }
+
+    #[actix_rt::test]
+    async fn a_min_seq_far_beyond_the_latest_is_refused_at_once() {
+        let publisher = Recording::default();
+        let (dispatcher, waiter) = start(publisher.clone());
+        let far = |min: u64| {
+            let (mut msg, _) = publish(EVENTUAL, &min.to_string());
+            msg.request.min_seq = Some(min);
+            msg
+        };
+        // No worker reported yet: nothing to judge by, the read waits.
+        assert!(dispatcher.send(far(u64::MAX)).await.expect("send").is_ok());
+        dispatcher
+            .send(Routes {
+                serving_slaves: 1,
+                master: true,
+                latest_seq: Some(40),
+            })
+            .await
+            .expect("send");
+        let refused = dispatcher
+            .send(far(1_000_000_000_000_000))
+            .await
+            .expect("send");
+        assert!(matches!(refused, Err(PublishError::Unservable(_))));
+        assert!(dispatcher
+            .send(far(40 + MIN_SEQ_MARGIN))
+            .await
+            .expect("send")
+            .is_ok());
+        assert_eq!(sent(&publisher).len(), 2);
+        assert_eq!(waiter.send(Pending).await.expect("send"), 2);
     }
 
     #[actix_rt::test]

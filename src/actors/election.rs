@@ -63,6 +63,7 @@ impl Membership {
         Routes {
             serving_slaves: self.serving_slaves(),
             master: self.master_pid().is_some(),
+            latest_seq: self.workers.iter().map(|w| w.seq).max(),
         }
     }
 }
@@ -365,6 +366,7 @@ mod tests {
         let both = Routes {
             serving_slaves: 2,
             master: true,
+            latest_seq: Some(0),
         };
         election
             .send(membership(10, &[10, 20, 30]))
@@ -388,11 +390,13 @@ mod tests {
                 both,
                 Routes {
                     serving_slaves: 2,
-                    master: false
+                    master: false,
+                    latest_seq: Some(0),
                 },
                 Routes {
                     serving_slaves: 1,
-                    master: false
+                    master: false,
+                    latest_seq: Some(0),
                 },
             ]
         );

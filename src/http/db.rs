@@ -25,10 +25,11 @@ pub async fn read(
     // Only a read that validated counts for the Scaler: junk cannot scale the cluster.
     state.scaler.do_send(ReadReceived);
     let kind = Kind::Read(request.consistency);
+    let min_seq = request.min_seq;
     let message = serde_json::to_vec(&ReadMessage { request })
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let id = super::observe::request_id(&req);
-    match rpc::call(&state, kind, message, &id).await? {
+    match rpc::call(&state, kind, message, min_seq, &id).await? {
         Reply::Read(outcome) => Ok(HttpResponse::Ok().json(outcome)),
         Reply::Error(e) => Err(rpc::worker_error(e.status, e.error)),
         Reply::Write(_) => Err(ApiError::internal("a read got a write's reply")),
@@ -74,7 +75,7 @@ async fn submit_write(
     let message = serde_json::to_vec(&WriteMessage { write_id, request })
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let id = super::observe::request_id(req);
-    match rpc::call(state, Kind::Write, message, &id).await? {
+    match rpc::call(state, Kind::Write, message, None, &id).await? {
         Reply::Write(outcome) => Ok(outcome),
         Reply::Error(e) => Err(rpc::worker_error(e.status, e.error)),
         Reply::Read(_) => Err(ApiError::internal("a write got a read's reply")),

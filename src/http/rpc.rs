@@ -20,6 +20,7 @@ pub async fn call(
     state: &AppState,
     kind: Kind,
     body: Vec<u8>,
+    min_seq: Option<u64>,
     request_id: &str,
 ) -> Result<Reply, ApiError> {
     let correlation_id = uuid::Uuid::new_v4().to_string();
@@ -29,6 +30,7 @@ pub async fn call(
             kind,
             correlation_id: correlation_id.clone(),
             body,
+            min_seq,
             expires_after: state.timeout,
             request_id: request_id.to_string(),
         },
@@ -72,6 +74,7 @@ fn published_ok(
 ) -> Result<(), ApiError> {
     match published {
         Ok(Ok(())) => Ok(()),
+        Ok(Err(e @ PublishError::Unservable(_))) => Err(ApiError::bad_request(e.to_string())),
         Ok(Err(e)) => Err(ApiError::unavailable(e.to_string())),
         Err(e) => Err(e.into()),
     }
