@@ -13,9 +13,10 @@
 //! write acknowledged before it began, and never state that was not
 //! acknowledged.
 //!
-//! A read that must wait for its `min_seq` gives its delivery back first (it is
-//! acked and parked), so reads waiting on a far `min_seq` never hold the
-//! prefetch slots other reads need.
+//! A read that must wait for its `min_seq` longer than a moment gives its
+//! delivery back (it is acked and parked), so reads waiting on a far `min_seq`
+//! never hold the prefetch slots other reads need. (A parked read is lost if
+//! this worker stops meanwhile: its client gets the request timeout.)
 
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ use crate::broker::messages::{ErrorReply, ReadMessage, Reply};
 
 /// Deliveries in flight per slave; also how many reads it runs at once.
 const PREFETCH: u16 = 32;
+/// How long a read waiting for its `min_seq` keeps its delivery before it is
+/// parked.
+const HOLD_WHILE_WAITING: Duration = Duration::from_millis(100);
 
 /// What a master checks before a read's answer leaves it.
 #[derive(Clone)]
@@ -94,14 +98,14 @@ async fn serve_one(
             return send(replies, delivery, &reply, acked).await;
         }
     };
-    if message
-        .request
-        .min_seq
-        .is_some_and(|m| m > state.replica.seq())
-    {
-        // Parked: the slot goes to other reads while this one waits.
-        ack(&delivery).await;
-        acked = true;
+    if let Some(min) = message.request.min_seq {
+        // The usual wait (a write just made) is short and keeps the delivery,
+        // so it goes back to the queue if this worker stops; a longer one is
+        // parked: acked, so its slot serves other reads while it waits.
+        if !state.replica.wait_for_seq(min, HOLD_WHILE_WAITING).await {
+            ack(&delivery).await;
+            acked = true;
+        }
     }
     let reply = answer(state, message, read_wait).await;
     if let (Some(gate), Reply::Read(outcome)) = (gate, &reply) {
