@@ -53,6 +53,17 @@ async fn first_write_after(o: &Orchestrator, name: &str, patience: Duration) -> 
     started.elapsed()
 }
 
+/// After a fault has ended: the first acknowledged write (its time printed
+/// under `label`), ten more, and every acknowledged write present once.
+async fn recovers(o: &Orchestrator, mut names: Vec<String>, label: &str) {
+    let first = format!("after-{label}");
+    let took = first_write_after(o, &first, Duration::from_secs(240)).await;
+    eprintln!("{label}: back -> first acknowledged write: {took:?}");
+    names.push(first);
+    names.extend(write_users(o, &format!("{label}-then"), 10).await);
+    all_present_once(o, &names).await;
+}
+
 /// Every name is present exactly once (strong read on the master), and the
 /// orchestrator reports itself ready.
 async fn all_present_once(o: &Orchestrator, names: &[String]) {
@@ -82,7 +93,7 @@ async fn all_present_once(o: &Orchestrator, names: &[String]) {
 async fn rabbitmq_stopped_and_started_the_service_comes_back() {
     let brokers = PrivateBrokers::start();
     let o = start("rmq-restart", &brokers).await;
-    let mut names = write_users(&o, "before", 10).await;
+    let names = write_users(&o, "before", 10).await;
     assert_eq!(o.get_json("/api/v1/ready").await.0, 200);
 
     brokers.stop_rabbitmq();
@@ -106,11 +117,7 @@ async fn rabbitmq_stopped_and_started_the_service_comes_back() {
     );
 
     brokers.start_rabbitmq();
-    let took = first_write_after(&o, "after-restart", Duration::from_secs(240)).await;
-    eprintln!("RabbitMQ back -> first acknowledged write: {took:?}");
-    names.push("after-restart".into());
-    names.extend(write_users(&o, "after", 10).await);
-    all_present_once(&o, &names).await;
+    recovers(&o, names, "rabbitmq-restart").await;
 }
 
 #[tokio::test]
@@ -118,14 +125,10 @@ async fn rabbitmq_stopped_and_started_the_service_comes_back() {
 async fn rabbitmq_killed_the_service_comes_back() {
     let brokers = PrivateBrokers::start();
     let o = start("rmq-kill", &brokers).await;
-    let mut names = write_users(&o, "before", 10).await;
+    let names = write_users(&o, "before", 10).await;
     brokers.kill_rabbitmq();
     brokers.start_rabbitmq();
-    let took = first_write_after(&o, "after-kill", Duration::from_secs(240)).await;
-    eprintln!("RabbitMQ back after kill -9 -> first acknowledged write: {took:?}");
-    names.push("after-kill".into());
-    names.extend(write_users(&o, "after", 10).await);
-    all_present_once(&o, &names).await;
+    recovers(&o, names, "rabbitmq-kill").await;
 }
 
 #[tokio::test]
@@ -133,7 +136,7 @@ async fn rabbitmq_killed_the_service_comes_back() {
 async fn zookeeper_stopped_past_the_session_timeout_the_service_comes_back() {
     let brokers = PrivateBrokers::start();
     let o = start("zk-restart", &brokers).await;
-    let mut names = write_users(&o, "before", 10).await;
+    let names = write_users(&o, "before", 10).await;
     brokers.stop_zookeeper();
     // Longer than the 2 s session timeout: every session expires.
     let down = Instant::now();
@@ -146,11 +149,7 @@ async fn zookeeper_stopped_past_the_session_timeout_the_service_comes_back() {
         tokio::time::sleep(rest).await;
     }
     brokers.start_zookeeper();
-    let took = first_write_after(&o, "after-zk", Duration::from_secs(240)).await;
-    eprintln!("ZooKeeper back -> first acknowledged write: {took:?}");
-    names.push("after-zk".into());
-    names.extend(write_users(&o, "after", 10).await);
-    all_present_once(&o, &names).await;
+    recovers(&o, names, "zookeeper-restart").await;
     // The supervisor kept seeing the live set: one master and one slave, no more.
     o.wait_for_workers(1).await;
 }

@@ -221,16 +221,7 @@ impl ContainerSupervisor {
     fn stop_one(&mut self, pid: u32, ctx: &mut Context<Self>) {
         self.stopping.insert(pid);
         self.event(format!("stopping slave {pid} (scale in)"));
-        let runtime = self.runtime.clone();
-        async move { runtime.stop(pid).await }
-            .into_actor(self)
-            .map(move |res, act, ctx| {
-                if let Err(e) = res {
-                    warn!(pid, error = %e, "stopping worker failed");
-                }
-                act.mark_dead(pid, ctx);
-            })
-            .spawn(ctx);
+        self.end(pid, false, ctx);
     }
 
     /// Ends a worker whose registration vanished while it may still run.
@@ -243,17 +234,29 @@ impl ContainerSupervisor {
             pid,
             "worker's ZooKeeper registration vanished; ending the process"
         );
+        self.end(pid, true, ctx);
+    }
+
+    /// Stops (or, with `kill`, kills) `pid` through the runtime, then records
+    /// it as gone whatever the outcome (already gone is common: it may have
+    /// exited on its own).
+    fn end(&mut self, pid: u32, kill: bool, ctx: &mut Context<Self>) {
         let runtime = self.runtime.clone();
-        async move { runtime.kill(pid).await }
-            .into_actor(self)
-            .map(move |res, act, ctx| {
-                if let Err(e) = res {
-                    // Already gone is the common case (it exited on its own).
-                    info!(pid, error = %e, "ending a lost worker");
-                }
-                act.mark_dead(pid, ctx);
-            })
-            .spawn(ctx);
+        async move {
+            if kill {
+                runtime.kill(pid).await
+            } else {
+                runtime.stop(pid).await
+            }
+        }
+        .into_actor(self)
+        .map(move |res, act, ctx| {
+            if let Err(e) = res {
+                info!(pid, error = %e, "ending worker");
+            }
+            act.mark_dead(pid, ctx);
+        })
+        .spawn(ctx);
     }
 
     /// Records `pid` as gone: hides it at once and removes its znodes.
