@@ -351,7 +351,19 @@ async fn a_master_that_lost_its_znode_stops_before_acknowledging() {
         .expect("release the master znode");
     let (status, body) = writer.await.expect("writer task");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(o.master_pid().await, Some(successor));
+    // The orchestrator's view follows ZooKeeper's watches: it may trail the
+    // answer by a moment.
+    let master = wait_until(
+        "the orchestrator sees the successor",
+        Duration::from_secs(10),
+        || async { (o.master_pid().await == Some(successor)).then_some(()) },
+    )
+    .await;
+    assert!(
+        master.is_some(),
+        "the successor became master: {}",
+        o.status().await
+    );
     let (status, rows) = o
         .read(json!({"table": "users", "where": {"username": "fenced-write"}, "consistency": "strong"}))
         .await;
