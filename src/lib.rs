@@ -15,8 +15,10 @@
 //! - [`prometheus`]: the orchestrator's Prometheus metrics.
 //! - [`config`]: command-line flags several binaries share.
 //! - [`telemetry`]: logging setup shared by the binaries.
+//! - [`backoff`]: jitter for the reconnecting loops.
 
 pub mod actors;
+pub mod backoff;
 pub mod broker;
 pub mod config;
 pub mod coord;

@@ -39,7 +39,7 @@ where
             }
             Err(e) => warn!(name, error = %e, "still no RabbitMQ; retrying"),
         }
-        tokio::time::sleep(crate::coord::session::jitter(backoff)).await;
+        tokio::time::sleep(crate::backoff::jitter(backoff)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

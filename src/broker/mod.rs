@@ -84,7 +84,7 @@ pub async fn open(url: &str, name: &str, patience: Duration) -> anyhow::Result<C
             warn!(name, error = %failure, "RabbitMQ not usable yet; retrying with backoff");
             last_failure = class;
         }
-        tokio::time::sleep(crate::coord::session::jitter(delay)).await;
+        tokio::time::sleep(crate::backoff::jitter(delay)).await;
         delay = (delay * 2).min(Duration::from_secs(2));
     }
 }

@@ -66,7 +66,7 @@ async fn keep(hosts: String, timeout: Duration, current: watch::Sender<Option<zk
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, retry_in = ?backoff, "no ZooKeeper session");
-                tokio::time::sleep(jitter(backoff)).await;
+                tokio::time::sleep(crate::backoff::jitter(backoff)).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
@@ -87,10 +87,4 @@ async fn keep(hosts: String, timeout: Duration, current: watch::Sender<Option<zk
             return;
         }
     }
-}
-
-/// Up to a quarter more, so many clients do not retry in step.
-pub fn jitter(d: Duration) -> Duration {
-    let nanos = u64::from(uuid::Uuid::new_v4().as_fields().0) % 1000;
-    d + d.mul_f64(nanos as f64 / 4000.0)
 }
