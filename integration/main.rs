@@ -13,5 +13,6 @@ mod inputs;
 mod linearizability;
 mod observability;
 mod replication;
+mod restarts;
 mod rideshare;
 mod scaling;

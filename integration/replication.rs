@@ -125,7 +125,8 @@ async fn acknowledged_writes_survive_crashes_exactly_once_on_every_replica() {
     let mut sums = BTreeSet::new();
     for w in status["workers"].as_array().expect("workers") {
         let pid = w["pid"].as_u64().expect("pid");
-        let path = o.data_dir().join(format!("worker-{pid}.sqlite"));
+        let slot = w["slot"].as_u64().expect("slot");
+        let path = o.data_dir().join(format!("slot-{slot}.sqlite"));
         let store = Store::open_read_only(&path).expect("open replica");
         assert!(
             store.seq() >= last,
@@ -191,7 +192,7 @@ async fn min_seq_reads_never_miss_the_write_they_follow() {
 }
 
 #[tokio::test]
-async fn a_new_slave_catches_up_from_a_snapshot() {
+async fn a_replacement_resumes_its_slots_copy_or_joins_from_a_snapshot() {
     let o = Orchestrator::start("snapshot", Options::default()).await;
     let mut last = 0;
     for chunk in 0..20 {
@@ -202,26 +203,68 @@ async fn a_new_slave_catches_up_from_a_snapshot() {
             last = last.max(seq);
         }
     }
-    let s = o.status().await;
-    let old = slave_pids(&s)[0];
+    let worker_log = |pid: u64| {
+        std::fs::read_to_string(o.dir.path().join("logs").join(format!("worker-{pid}.log")))
+            .unwrap_or_default()
+    };
+    let start_of = |s: &Value, pid: u64| {
+        s["workers"]
+            .as_array()
+            .and_then(|ws| ws.iter().find(|w| w["pid"].as_u64() == Some(pid)))
+            .map(|w| w["start"].clone())
+            .unwrap_or(Value::Null)
+    };
+    // Caught up: the new slave serves the data as of the last write.
+    let serves_all = |new: u64| {
+        let o = &o;
+        async move {
+            let (status, body) = o
+                .read(json!({"table": "users", "count": true, "min_seq": last}))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["rows"][0]["count"], 1000);
+            assert_eq!(body["worker"].as_u64(), Some(new));
+        }
+    };
+
+    // A killed slave's replacement takes over its slot and resumes its copy.
+    let old = slave_pids(&o.status().await)[0];
     let (status, _) = o.post_json("/api/v1/crash/slave", &Value::Null).await;
     assert_eq!(status, 200);
     let s = settled(&o, 1).await;
     let new = slave_pids(&s)[0];
     assert_ne!(new, old);
-    let log = std::fs::read_to_string(o.dir.path().join("logs").join(format!("worker-{new}.log")))
-        .unwrap_or_default();
+    assert_eq!(start_of(&s, new), "own_file", "{s}");
     assert!(
-        log.contains("loaded snapshot"),
-        "the new slave used a snapshot:\n{log}"
+        worker_log(new).contains("resuming own copy"),
+        "the replacement resumed the slot's copy:\n{}",
+        worker_log(new)
     );
-    // Caught up: it serves the data as of the last write.
-    let (status, body) = o
-        .read(json!({"table": "users", "count": true, "min_seq": last}))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["rows"][0]["count"], 1000);
-    assert_eq!(body["worker"].as_u64(), Some(new));
+    serves_all(new).await;
+
+    // A killed master's copy may hold commits that never reached syncQ: the
+    // replacement that takes its slot discards it and joins from a snapshot.
+    let (status, _) = o.post_json("/api/v1/crash/master", &Value::Null).await;
+    assert_eq!(status, 200);
+    let s = wait_until(
+        "the old master's slot refilled",
+        Duration::from_secs(30),
+        || async {
+            let s = settled(&o, 1).await;
+            let slave = *slave_pids(&s).first()?;
+            (slave != new).then_some(s)
+        },
+    )
+    .await
+    .expect("a replacement slave");
+    let joined = slave_pids(&s)[0];
+    assert_eq!(start_of(&s, joined), "snapshot", "{s}");
+    assert!(
+        worker_log(joined).contains("loaded snapshot"),
+        "the replacement used a snapshot:\n{}",
+        worker_log(joined)
+    );
+    serves_all(joined).await;
 }
 
 #[tokio::test]

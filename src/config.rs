@@ -20,9 +20,28 @@ pub struct BrokerArgs {
     /// bound on detecting a worker killed where the orchestrator cannot see it.
     #[arg(long, env = "DBAAS_ZK_SESSION_TIMEOUT_MS", default_value_t = 2000)]
     pub zk_session_timeout_ms: u64,
+    /// syncQ retention: RabbitMQ keeps at most this many bytes of the log
+    /// (replicas that fall further behind recover from a snapshot).
+    #[arg(long, env = "DBAAS_SYNC_MAX_BYTES", default_value_t = crate::broker::DEFAULT_SYNC_MAX_BYTES)]
+    pub sync_max_bytes: u64,
+    /// syncQ segment size: retention deletes whole segments.
+    #[arg(long, env = "DBAAS_SYNC_SEGMENT_BYTES", default_value_t = crate::broker::DEFAULT_SYNC_SEGMENT_BYTES)]
+    pub sync_segment_bytes: u64,
+    /// syncQ retention by age too (RabbitMQ's syntax: 7D, 12h, 30m); none by default.
+    #[arg(long, env = "DBAAS_SYNC_MAX_AGE")]
+    pub sync_max_age: Option<String>,
 }
 
 impl BrokerArgs {
+    /// Applies the syncQ retention to this process's topology declarations.
+    pub fn apply_sync_retention(&self) {
+        crate::broker::set_sync_retention(crate::broker::SyncRetention {
+            max_bytes: self.sync_max_bytes,
+            segment_bytes: self.sync_segment_bytes,
+            max_age: self.sync_max_age.clone().filter(|a| !a.is_empty()),
+        });
+    }
+
     pub fn zk_session_timeout(&self) -> Duration {
         Duration::from_millis(self.zk_session_timeout_ms)
     }

@@ -294,7 +294,14 @@ pub fn worker_env(config: &Config) -> Vec<(String, String)> {
             config.zk_session_timeout.as_millis().to_string(),
         ),
     ];
-    for passthrough in ["RUST_LOG", "DBAAS_LOG_FORMAT", "DBAAS_MAX_REPLY_BYTES"] {
+    for passthrough in [
+        "RUST_LOG",
+        "DBAAS_LOG_FORMAT",
+        "DBAAS_MAX_REPLY_BYTES",
+        "DBAAS_SYNC_MAX_BYTES",
+        "DBAAS_SYNC_SEGMENT_BYTES",
+        "DBAAS_SYNC_MAX_AGE",
+    ] {
         if let Ok(v) = std::env::var(passthrough) {
             env.push((passthrough.to_string(), v));
         }

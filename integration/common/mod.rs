@@ -126,6 +126,9 @@ pub struct Options {
     pub extra_env: Vec<(String, String)>,
     /// Brokers of the test's own (default: a fresh vhost and chroot on the shared ones).
     pub namespace: Option<Namespace>,
+    /// The workers' data directory (default: one of the orchestrator's own),
+    /// for a later orchestrator to start on the same data.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -137,6 +140,7 @@ impl Default for Options {
             worker_bin: None,
             extra_env: Vec::new(),
             namespace: None,
+            data_dir: None,
         }
     }
 }
@@ -185,7 +189,12 @@ impl Orchestrator {
                 "DBAAS_WORKER_BIN",
                 opts.worker_bin.clone().unwrap_or_else(|| bin("worker")),
             )
-            .env("DBAAS_DATA_DIR", dir.path().join("data"))
+            .env(
+                "DBAAS_DATA_DIR",
+                opts.data_dir
+                    .clone()
+                    .unwrap_or_else(|| dir.path().join("data")),
+            )
             .env("DBAAS_WORKER_LOG_DIR", dir.path().join("logs"))
             .env("RUST_LOG", "info,lapin=warn")
             .envs(runtime_env())

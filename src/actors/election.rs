@@ -270,6 +270,8 @@ mod tests {
             seq: 0,
             epoch: 0,
             started_at_ms: 0,
+            slot: None,
+            start: None,
         }
     }
 

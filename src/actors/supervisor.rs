@@ -417,6 +417,11 @@ impl Handler<StopAll> for ContainerSupervisor {
         self.shutting_down = true;
         let pids: Vec<u32> = self.live().into_iter().collect();
         self.stopping.extend(pids.iter().copied());
+        // Slaves first, together, then the master: no slave is promoted on the
+        // way down, and every copy is closed as a prefix of the log.
+        let master = self.view.master_pid();
+        let (masters, slaves): (Vec<u32>, Vec<u32>) =
+            pids.into_iter().partition(|p| Some(*p) == master);
         let runtime = self.runtime.clone();
         let in_flight = self.starts_in_flight.clone();
         Box::pin(
@@ -428,10 +433,16 @@ impl Handler<StopAll> for ContainerSupervisor {
                 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                for pid in pids {
-                    if let Err(e) = runtime.stop(pid).await {
-                        warn!(pid, error = %e, "stopping worker failed");
-                    }
+                for group in [slaves, masters] {
+                    let stops = group.iter().map(|&pid| {
+                        let runtime = runtime.clone();
+                        async move {
+                            if let Err(e) = runtime.stop(pid).await {
+                                warn!(pid, error = %e, "stopping worker failed");
+                            }
+                        }
+                    });
+                    futures_util::future::join_all(stops).await;
                 }
             }
             .into_actor(self),
@@ -522,6 +533,8 @@ mod tests {
                     seq: 0,
                     epoch: 1,
                     started_at_ms: 0,
+                    slot: None,
+                    start: None,
                 })
                 .collect(),
             master: Some(MasterInfo {
@@ -644,16 +657,26 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn stop_all_stops_everything_and_starts_nothing_after() {
+    async fn stop_all_stops_the_slaves_then_the_master_and_starts_nothing_after() {
         let rt = Arc::new(Recording::default());
-        let sup = ContainerSupervisor::new(rt.clone(), 1).start();
-        sup.send(membership(5, &[5, 9])).await.expect("send");
+        let sup = ContainerSupervisor::new(rt.clone(), 2).start();
+        sup.send(membership(5, &[3, 5, 9])).await.expect("send");
         sup.send(StopAll).await.expect("send");
         sup.send(WorkerExited(5)).await.expect("send");
         sup.send(WorkerExited(9)).await.expect("send");
+        sup.send(WorkerExited(3)).await.expect("send");
         sup.send(membership(5, &[])).await.expect("send");
         settle(&sup).await;
-        assert_eq!(rt.calls(), vec!["stop 5", "stop 9"]);
+        let calls = rt.calls();
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        // The slaves (together, in any order), then the master: none is
+        // promoted on the way down.
+        assert_eq!(calls[2], "stop 5", "{calls:?}");
+        assert!(
+            calls[..2].contains(&"stop 3".to_string())
+                && calls[..2].contains(&"stop 9".to_string()),
+            "{calls:?}"
+        );
     }
 
     #[actix_rt::test]

@@ -69,6 +69,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     dbaas::telemetry::init();
     let a = Args::parse();
+    a.brokers.apply_sync_retention();
     let slave_bounds = dbaas::actors::scaler::SlaveBounds::new(a.min_slaves, a.max_slaves)
         .map_err(|e| anyhow::anyhow!("DBAAS_MIN_SLAVES / DBAAS_MAX_SLAVES: {e}"))?;
     let runtime = if a.runtime == "docker" {

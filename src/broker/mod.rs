@@ -99,7 +99,8 @@ pub async fn open_once(url: &str, name: &str) -> anyhow::Result<Connection> {
     .await
     .map_err(|_| anyhow::anyhow!("connection attempt timed out"))??;
     let declared = tokio::time::timeout(Duration::from_secs(10), async {
-        declare_topology(&conn.create_channel().await?).await
+        declare_topology(&conn.create_channel().await?).await?;
+        declare_sync_stream(&conn).await
     })
     .await
     .map_err(|_| anyhow::anyhow!("declaring the queues timed out"));
@@ -135,15 +136,115 @@ pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
             .queue_declare(q.into(), durable, FieldTable::default())
             .await?;
     }
-    let mut stream = FieldTable::default();
-    stream.insert(
+    Ok(())
+}
+
+/// How much of `syncQ` RabbitMQ keeps: the log is bounded, and a replica whose
+/// offset fell out of it recovers from a snapshot (`worker::sync`). RabbitMQ
+/// deletes whole segments, oldest first, once the stream is over `max_bytes`
+/// (or its segments are older than `max_age`), so `segment_bytes` is the
+/// granularity. Set by the binaries from `DBAAS_SYNC_*` (config::BrokerArgs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRetention {
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    /// RabbitMQ's age syntax (`7D`, `12h`, `30m`, `90s`); none: by size only.
+    pub max_age: Option<String>,
+}
+
+/// 1 GiB of log (several million writes) in 16 MiB segments.
+pub const DEFAULT_SYNC_MAX_BYTES: u64 = 1 << 30;
+pub const DEFAULT_SYNC_SEGMENT_BYTES: u64 = 16 << 20;
+
+static SYNC_RETENTION: std::sync::RwLock<SyncRetention> = std::sync::RwLock::new(SyncRetention {
+    max_bytes: DEFAULT_SYNC_MAX_BYTES,
+    segment_bytes: DEFAULT_SYNC_SEGMENT_BYTES,
+    max_age: None,
+});
+
+/// Sets the retention this process declares `syncQ` with.
+pub fn set_sync_retention(retention: SyncRetention) {
+    if let Ok(mut r) = SYNC_RETENTION.write() {
+        *r = retention;
+    }
+}
+
+fn sync_retention() -> SyncRetention {
+    SYNC_RETENTION
+        .read()
+        .map(|r| r.clone())
+        .unwrap_or_else(|e| e.into_inner().clone())
+}
+
+/// The arguments `syncQ` is declared with.
+pub fn sync_stream_args(retention: &SyncRetention) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("stream".into()),
     );
-    channel
-        .queue_declare(SYNC_Q.into(), durable, stream)
-        .await?;
-    Ok(())
+    args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(i64::try_from(retention.max_bytes).unwrap_or(i64::MAX)),
+    );
+    args.insert(
+        "x-stream-max-segment-size-bytes".into(),
+        AMQPValue::LongLongInt(i64::try_from(retention.segment_bytes).unwrap_or(i64::MAX)),
+    );
+    if let Some(age) = &retention.max_age {
+        args.insert(
+            "x-max-age".into(),
+            AMQPValue::LongString(age.as_str().into()),
+        );
+    }
+    args
+}
+
+/// Declares the `syncQ` stream with this process's retention. A stream that
+/// exists with other arguments (declared before retention was configured, or
+/// with other values) is used as it is: RabbitMQ refuses to redeclare a queue
+/// with different arguments (406) and a stream cannot be redeclared without
+/// losing the log. Its retention is then changed with a policy, which applies
+/// to an existing stream (docs/replication.md).
+pub async fn declare_sync_stream(conn: &Connection) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let retention = sync_retention();
+    let declared = conn
+        .create_channel()
+        .await?
+        .queue_declare(SYNC_Q.into(), durable, sync_stream_args(&retention))
+        .await;
+    match declared {
+        Ok(_) => Ok(()),
+        Err(e) if is_precondition_failed(&e) => {
+            conn.create_channel()
+                .await?
+                .queue_declare(
+                    SYNC_Q.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..durable
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            warn!(
+                ?retention,
+                "syncQ exists with other arguments: using it as it is; set its retention with a policy (docs/replication.md)"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A channel error of kind PRECONDITION_FAILED (406): a queue redeclared with
+/// other arguments.
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    e.to_string().contains("PRECONDITION_FAILED")
 }
 
 /// A channel with publisher confirms on, for publishes that must not be lost.

@@ -51,6 +51,24 @@ pub struct WorkerInfo {
     pub epoch: u64,
     /// Unix milliseconds when the worker started.
     pub started_at_ms: i64,
+    /// The slot whose SQLite file the worker keeps (`worker::slot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
+    /// Where the worker's data came from when it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<StartedFrom>,
+}
+
+/// Where a worker's copy came from when it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartedFrom {
+    /// Its slot's own file, then `syncQ` from the file's own offset.
+    OwnFile,
+    /// A peer's snapshot, then `syncQ` from the snapshot's offset.
+    Snapshot,
+    /// `syncQ` read from its start (the first workers, or `--catch-up replay`).
+    Log,
 }
 
 /// The master znode's content.

@@ -134,6 +134,23 @@ const SEQ: &str = "seq";
 const EPOCH: &str = "epoch";
 /// The entry time of the last pruning of expired write records.
 const PRUNED_AT: &str = "writes_pruned_at_ms";
+/// The `syncQ` offset to resume reading from: every entry before it is applied.
+const STREAM_OFFSET: &str = "stream_offset";
+/// Non-zero while this copy leads (the epoch): it may hold commits that never
+/// reached `syncQ`, so it is no prefix of the log until cleared.
+const LEADING: &str = "leading_epoch";
+
+/// Where a copy on disk stands, read when a worker reopens it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskState {
+    pub seq: u64,
+    pub epoch: u64,
+    /// The `syncQ` offset to resume from (0: never recorded).
+    pub stream_offset: u64,
+    /// Non-zero: the copy was a master's and was not closed with every commit
+    /// confirmed on `syncQ`.
+    pub leading_epoch: u64,
+}
 
 /// How one attempt at a batch ended.
 enum Attempt {
@@ -388,6 +405,28 @@ impl Store {
             self.epoch = epoch;
         }
         Ok(true)
+    }
+
+    /// The replication bookkeeping of this copy.
+    pub fn disk_state(&self) -> Result<DiskState, DbError> {
+        Ok(DiskState {
+            seq: self.seq,
+            epoch: self.epoch,
+            stream_offset: meta(&self.conn, STREAM_OFFSET)?,
+            leading_epoch: meta(&self.conn, LEADING)?,
+        })
+    }
+
+    /// Records that every `syncQ` entry before `offset` is applied here (it may
+    /// lag: resuming earlier only meets entries already applied).
+    pub fn record_stream_offset(&mut self, offset: u64) -> Result<(), DbError> {
+        set_meta(&self.conn, STREAM_OFFSET, offset)
+    }
+
+    /// Marks this copy as a master's of `epoch` (before its first own commit),
+    /// or, with 0, as a prefix of the log again (every commit confirmed).
+    pub fn record_leading(&mut self, epoch: u64) -> Result<(), DbError> {
+        set_meta(&self.conn, LEADING, epoch)
     }
 
     /// Writes a consistent copy of the whole database to `path` (SQLite's online

@@ -10,7 +10,7 @@ use super::AppState;
 use crate::actors::election::GetMembership;
 use crate::actors::scaler::{GetScalerStatus, ScalerStatus};
 use crate::actors::supervisor::{Crash, CrashError, GetSupervisorStatus, SupervisorStatus, Target};
-use crate::coord::Role;
+use crate::coord::{Role, StartedFrom};
 
 pub async fn crash_master(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     crash(&state, Target::Master).await
@@ -43,6 +43,11 @@ struct WorkerStatus {
     lag: u64,
     epoch: u64,
     age_ms: i64,
+    /// The slot whose file the worker keeps, and where its data came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slot: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start: Option<StartedFrom>,
 }
 
 #[derive(Serialize)]
@@ -73,6 +78,8 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
             lag: master_seq.saturating_sub(w.seq),
             epoch: w.epoch,
             age_ms: now - w.started_at_ms,
+            slot: w.slot,
+            start: w.start,
         })
         .collect();
     Ok(HttpResponse::Ok().json(Status {

@@ -35,6 +35,8 @@ fn info(state: &WorkerState) -> WorkerInfo {
         seq: state.replica.seq(),
         epoch: state.epoch.load(std::sync::atomic::Ordering::Relaxed),
         started_at_ms: state.started_at_ms,
+        slot: Some(state.slot),
+        start: Some(state.start),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod election;
 pub mod fence;
 pub mod reads;
 pub mod replica;
+pub mod slot;
 pub mod snapshot;
 pub mod sync;
 pub mod writes;
@@ -24,11 +25,12 @@ use tracing::{error, info, warn};
 use zookeeper_client as zk;
 
 use crate::broker::{self, messages::SyncMessage, StreamOffset, MASTER_READ_Q, READ_Q, SYNC_Q};
-use crate::coord::{self, Role};
+use crate::coord::{self, Role, StartedFrom};
 use crate::db::Store;
 use fence::{Fence, ZkAuthority};
 use reads::MasterGate;
 use replica::Replica;
+use slot::Slot;
 
 /// How a worker is started (flags and env of the `worker` binary).
 #[derive(Debug, Clone)]
@@ -66,6 +68,11 @@ pub struct WorkerState {
     pub epoch: Arc<AtomicU64>,
     /// The `syncQ` offset after the last message the sync loop processed.
     pub stream_next: Arc<AtomicU64>,
+    /// While master: the last seq confirmed on `syncQ` and answered (fenced).
+    pub confirmed: Arc<watch::Sender<u64>>,
+    /// The slot whose file this worker keeps, and where its copy came from.
+    pub slot: u32,
+    pub start: StartedFrom,
     pub started_at_ms: i64,
 }
 
@@ -80,48 +87,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         (None, Some(name)) => assigned_pid(&zk, name).await?,
         (None, None) => std::process::id(),
     };
-    std::fs::create_dir_all(&config.data_dir)?;
-    let db_path = config.data_dir.join(format!("worker-{pid}.sqlite"));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db_path.display()));
-    }
+    let slot = Slot::claim(&config.data_dir)?;
     let conn = broker::open(&config.amqp_url, &format!("worker-{pid}"), PATIENCE).await?;
-
-    // A copy of the data from a caught-up peer, if there is one.
     let started = std::time::Instant::now();
-    let peers = coord::workers(&zk).await?;
-    let offered = if peers
-        .iter()
-        .any(|w| matches!(w.role, Role::Slave | Role::Master))
-    {
-        snapshot::fetch(&conn, &db_path, SNAPSHOT_PATIENCE).await?
-    } else {
-        None
-    };
-    let from = match offered {
-        Some(snap) => {
-            info!(pid, seq = snap.seq, bytes = snap.bytes, resume_offset = snap.resume_offset, took = ?started.elapsed(), "loaded snapshot");
-            StreamOffset::At(snap.resume_offset)
-        }
-        None => {
-            info!(pid, "no snapshot: reading syncQ from the start");
-            StreamOffset::First
-        }
-    };
-    let store = Store::open(&db_path)?;
+    let (store, from, start) = open_copy(&conn, &zk, &slot, &config).await?;
+    info!(pid, slot = slot.index, ?start, seq = store.seq(), ?from, took = ?started.elapsed(), "copy ready");
     let state = WorkerState {
         pid,
+        slot: slot.index,
+        start,
         replica: Replica::new(store)?,
         role: Arc::new(watch::channel(Role::Joining).0),
         barrier_seen: Arc::new(watch::channel(None).0),
         epoch: Arc::new(AtomicU64::new(0)),
         stream_next: Arc::new(AtomicU64::new(0)),
+        confirmed: Arc::new(watch::channel(0).0),
         started_at_ms: chrono::Utc::now().timestamp_millis(),
     };
 
     tokio::spawn(heartbeat(config.data_dir.join("heartbeat")));
+    tokio::spawn(record_stream_offset(
+        state.clone(),
+        Duration::from_millis(500),
+    ));
     election::register(&zk, &state).await?;
-    info!(pid, db = %db_path.display(), "worker registered; catching up");
+    info!(pid, db = %slot.db_path().display(), "worker registered; catching up");
     tokio::spawn(election::publish_progress(
         zk.clone(),
         state.clone(),
@@ -129,11 +119,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
 
     let outcome = tokio::select! {
-        stop = sync::run(&conn, state.clone(), from) => Err(anyhow::anyhow!("sync stopped: {stop}")),
+        stop = sync::run(&conn, state.clone(), from) => {
+            if stop.copy_unusable() {
+                // Crash-only: the next worker in this slot starts from a snapshot.
+                warn!(pid, slot = slot.index, error = %stop, "own copy cannot follow the log: discarding it");
+                slot.discard_data();
+            }
+            Err(anyhow::anyhow!("sync stopped: {stop}"))
+        }
         lost = election::session_lost(&zk) => Err(anyhow::anyhow!("ZooKeeper session ended: {lost:?}")),
         served = serve(&conn, &zk, state.clone(), &config) => served,
         _ = shutdown_signal() => {
             info!(pid, "shutting down");
+            close_copy(&state).await;
             Ok(())
         }
     };
@@ -147,6 +145,144 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         error!(pid, error = %e, "worker stopped");
     }
     outcome
+}
+
+/// The worker's copy and where to read `syncQ` from: the slot's own file when
+/// it is a prefix of the log, else a caught-up peer's snapshot, else an empty
+/// copy that reads the log from its start (the first workers).
+async fn open_copy(
+    conn: &lapin::Connection,
+    zk: &zk::Client,
+    slot: &Slot,
+    config: &Config,
+) -> anyhow::Result<(Store, StreamOffset, StartedFrom)> {
+    if let Some(reopened) = reopen(slot) {
+        return Ok(reopened);
+    }
+    slot.discard_data();
+    let db_path = slot.db_path();
+    let peers = coord::workers(zk).await?;
+    let offered = if config.catch_up == CatchUp::Snapshot
+        && peers
+            .iter()
+            .any(|w| matches!(w.role, Role::Slave | Role::Master))
+    {
+        snapshot::fetch(conn, &db_path, SNAPSHOT_PATIENCE).await?
+    } else {
+        None
+    };
+    match offered {
+        Some(snap) => {
+            info!(
+                seq = snap.seq,
+                bytes = snap.bytes,
+                resume_offset = snap.resume_offset,
+                "loaded snapshot"
+            );
+            let mut store = Store::open(&db_path)?;
+            // The peer's bookkeeping came with its file: this copy's is its own.
+            store.record_stream_offset(snap.resume_offset)?;
+            store.record_leading(0)?;
+            Ok((
+                store,
+                StreamOffset::At(snap.resume_offset),
+                StartedFrom::Snapshot,
+            ))
+        }
+        None => {
+            info!("no snapshot: reading syncQ from the start");
+            Ok((
+                Store::open(&db_path)?,
+                StreamOffset::First,
+                StartedFrom::Log,
+            ))
+        }
+    }
+}
+
+/// The slot's own file, if it can be resumed: it opens, holds writes, knows its
+/// `syncQ` offset, and is a prefix of the log (not a master's copy that may
+/// hold commits never confirmed on `syncQ`).
+fn reopen(slot: &Slot) -> Option<(Store, StreamOffset, StartedFrom)> {
+    let path = slot.db_path();
+    if !path.exists() {
+        return None;
+    }
+    let store = match Store::open(&path) {
+        Ok(store) => store,
+        Err(e) => {
+            warn!(error = %e, path = %path.display(), "own copy unreadable: starting afresh");
+            return None;
+        }
+    };
+    let disk = match store.disk_state() {
+        Ok(disk) => disk,
+        Err(e) => {
+            warn!(error = %e, "own copy's bookkeeping unreadable: starting afresh");
+            return None;
+        }
+    };
+    if disk.leading_epoch != 0 {
+        info!(epoch = disk.leading_epoch, seq = disk.seq, "own copy was a master's, closed with commits not known to be on syncQ: starting afresh");
+        return None;
+    }
+    if disk.seq == 0 || disk.stream_offset == 0 {
+        return None;
+    }
+    info!(
+        seq = disk.seq,
+        offset = disk.stream_offset,
+        "resuming own copy"
+    );
+    Some((
+        store,
+        StreamOffset::At(disk.stream_offset),
+        StartedFrom::OwnFile,
+    ))
+}
+
+/// On a clean stop: the copy's last `syncQ` offset, and, for a master whose
+/// every commit is confirmed, that the copy is a prefix of the log again.
+async fn close_copy(state: &WorkerState) {
+    let offset = state.stream_next.load(Ordering::SeqCst);
+    if offset > 0 {
+        if let Err(e) = state.replica.record_stream_offset(offset).await {
+            warn!(error = %e, "could not record the stream offset");
+        }
+    }
+    // Promoting: nothing of its own committed yet. Master: clean once every
+    // commit is confirmed (the write service has stopped taking more).
+    let role = *state.role.borrow();
+    let clean = match role {
+        Role::Promoting => true,
+        Role::Master => *state.confirmed.borrow() >= state.replica.seq(),
+        _ => false,
+    };
+    if clean {
+        match state.replica.record_leading(0).await {
+            Ok(()) => info!(
+                seq = state.replica.seq(),
+                "every commit confirmed: own copy resumable"
+            ),
+            Err(e) => warn!(error = %e, "could not mark own copy resumable"),
+        }
+    }
+}
+
+/// Records the `syncQ` offset the copy has applied up to, every `every`, so a
+/// restarted worker in this slot resumes near where this one stopped.
+async fn record_stream_offset(state: WorkerState, every: Duration) {
+    let mut recorded = 0;
+    loop {
+        tokio::time::sleep(every).await;
+        let next = state.stream_next.load(Ordering::SeqCst);
+        if next != recorded {
+            match state.replica.record_stream_offset(next).await {
+                Ok(()) => recorded = next,
+                Err(e) => warn!(error = %e, "could not record the stream offset"),
+            }
+        }
+    }
 }
 
 /// Slave until elected, then promotion and the master's write service.
@@ -164,13 +300,23 @@ async fn serve(
     read_back(conn, &state, marker).await?;
     state.role.send_replace(Role::Slave);
     info!(pid = state.pid, seq = state.replica.seq(), took = ?started.elapsed(), "caught up: serving reads");
-    snapshot::serve(conn, state.clone(), config.data_dir.clone()).await?;
-    let reads = reads::start(conn, READ_Q, state.clone(), config.read_wait, None).await?;
-    let epoch = election::win(zk, &state).await?;
+    // Every consumer is owned here: one that ends (its channel or the
+    // connection closed) ends the worker, crash-only, and the worker that
+    // replaces it resumes this slot's copy.
+    let mut snapshots = snapshot::serve(conn, state.clone(), config.data_dir.clone()).await?;
+    let mut reads = reads::start(conn, READ_Q, state.clone(), config.read_wait, None).await?;
+    let epoch = tokio::select! {
+        won = election::win(zk, &state) => won?,
+        _ = &mut reads.ended => return Err(anyhow::anyhow!("readQ consumer ended")),
+        _ = &mut snapshots => return Err(anyhow::anyhow!("snapshotQ consumer ended")),
+    };
+    // From the first own commit on, the copy may hold writes that never reach
+    // syncQ: a restart must not resume it as a prefix of the log.
+    state.replica.record_leading(epoch).await?;
     state.epoch.store(epoch, Ordering::Relaxed);
     state.role.send_replace(Role::Promoting);
     // Unacked reads go back to readQ for the slaves.
-    let _ = reads.close(200, "promoted to master".into()).await;
+    let _ = reads.channel.close(200, "promoted to master".into()).await;
     let barrier = SyncMessage::Barrier {
         epoch,
         pid: state.pid,
@@ -186,6 +332,7 @@ async fn serve(
     );
     // Everything applied so far came from the stream: acknowledged already.
     let (acked, acked_rx) = watch::channel(state.replica.seq());
+    tokio::spawn(forward_confirmed(acked_rx.clone(), state.confirmed.clone()));
     let fence = Fence::start(ZkAuthority {
         zk: zk.clone(),
         pid: state.pid,
@@ -195,7 +342,7 @@ async fn serve(
         fence: fence.clone(),
         acked: acked_rx,
     };
-    let _master_reads = reads::start(
+    let master_reads = reads::start(
         conn,
         MASTER_READ_Q,
         state.clone(),
@@ -206,6 +353,19 @@ async fn serve(
     tokio::select! {
         served = writes::run(conn, state, epoch, fence.clone(), acked) => served,
         why = fence.deposed() => Err(anyhow::anyhow!("deposed: {why}")),
+        _ = master_reads.ended => Err(anyhow::anyhow!("readQ.master consumer ended")),
+        _ = snapshots => Err(anyhow::anyhow!("snapshotQ consumer ended")),
+    }
+}
+
+/// Mirrors the write service's acknowledged seq into the worker's state (for
+/// snapshots and the clean stop), until the write service ends.
+async fn forward_confirmed(mut acked: watch::Receiver<u64>, confirmed: Arc<watch::Sender<u64>>) {
+    loop {
+        confirmed.send_replace(*acked.borrow_and_update());
+        if acked.changed().await.is_err() {
+            return;
+        }
     }
 }
 

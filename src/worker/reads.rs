@@ -25,7 +25,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
 
 use super::fence::Fence;
@@ -47,15 +47,22 @@ pub struct MasterGate {
     pub acked: watch::Receiver<u64>,
 }
 
-/// Starts consuming `queue` (a master passes its `gate`); the returned channel
-/// is closed to stop (unacked reads go back to the queue for another worker).
+/// A running read consumer.
+pub struct Reads {
+    /// Closed to stop (unacked reads go back to the queue for another worker).
+    pub channel: Channel,
+    /// Resolves when the consumer has ended (its channel or connection closed).
+    pub ended: oneshot::Receiver<()>,
+}
+
+/// Starts consuming `queue` (a master passes its `gate`).
 pub async fn start(
     conn: &Connection,
     queue: &str,
     state: WorkerState,
     read_wait: Duration,
     gate: Option<MasterGate>,
-) -> lapin::Result<Channel> {
+) -> lapin::Result<Reads> {
     let channel = broker::consumer_channel(conn, PREFETCH).await?;
     let replies = conn.create_channel().await?;
     let mut consumer = channel
@@ -68,7 +75,10 @@ pub async fn start(
         .await?;
     // On the store thread: each read runs where the connection lives.
     let replica = state.replica.clone();
+    let (alive, ended) = oneshot::channel::<()>();
     replica.spawn(async move {
+        // Dropped when the loop ends: the worker hears of it.
+        let _alive = alive;
         while let Some(delivery) = consumer.next().await {
             let Ok(delivery) = delivery else { break };
             let state = state.clone();
@@ -79,7 +89,7 @@ pub async fn start(
             );
         }
     });
-    Ok(channel)
+    Ok(Reads { channel, ended })
 }
 
 async fn serve_one(

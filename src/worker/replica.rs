@@ -133,6 +133,17 @@ impl Replica {
         self.with_store(move |s| s.observe_epoch(epoch)).await
     }
 
+    /// See [`Store::record_stream_offset`].
+    pub async fn record_stream_offset(&self, offset: u64) -> Result<(), DbError> {
+        self.with_store(move |s| s.record_stream_offset(offset))
+            .await
+    }
+
+    /// See [`Store::record_leading`].
+    pub async fn record_leading(&self, epoch: u64) -> Result<(), DbError> {
+        self.with_store(move |s| s.record_leading(epoch)).await
+    }
+
     /// Online backup of this copy to `path`: (seq, epoch) it holds.
     pub async fn backup_to(&self, path: std::path::PathBuf) -> Result<(u64, u64), DbError> {
         self.with_store(move |s| s.backup_to(&path)).await

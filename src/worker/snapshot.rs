@@ -14,10 +14,12 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection};
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::WorkerState;
 use crate::broker::{self, SNAPSHOT_Q};
+use crate::coord::Role;
 
 const SEQ: &str = "x-dbaas-seq";
 const OFFSET: &str = "x-dbaas-offset";
@@ -118,8 +120,39 @@ pub async fn fetch(
     Ok(outcome)
 }
 
-/// Answers snapshot requests from this (caught-up) replica until the channel ends.
-pub async fn serve(conn: &Connection, state: WorkerState, scratch: PathBuf) -> anyhow::Result<()> {
+/// How long a master waits for its snapshot's seq to be confirmed on `syncQ`.
+const CONFIRM_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Resolves once every write in a backup at `seq` is on `syncQ` for good. A
+/// slave's copy holds only what it read from the log; a master's may hold
+/// commits still waiting for the broker's confirm (and which a deposed master
+/// never gets): a joiner must not start from those, so the master answers only
+/// once they are confirmed and answered. The role is read after the backup: a
+/// worker not yet master then held nothing but the log (the master's
+/// confirmed seq starts at what it read from the log).
+async fn confirmed(state: &WorkerState, seq: u64) -> anyhow::Result<()> {
+    if *state.role.borrow() != Role::Master {
+        return Ok(());
+    }
+    let mut confirmed = state.confirmed.subscribe();
+    let waited = tokio::time::timeout(CONFIRM_PATIENCE, confirmed.wait_for(|c| *c >= seq))
+        .await
+        .map(|r| r.is_ok());
+    match waited {
+        Ok(true) => Ok(()),
+        _ => Err(anyhow::anyhow!(
+            "seq {seq} not confirmed on syncQ within {CONFIRM_PATIENCE:?}: not served"
+        )),
+    }
+}
+
+/// Answers snapshot requests from this (caught-up) replica until the channel
+/// ends; a master answers only at a seq confirmed on `syncQ`.
+pub async fn serve(
+    conn: &Connection,
+    state: WorkerState,
+    scratch: PathBuf,
+) -> anyhow::Result<oneshot::Receiver<()>> {
     let channel = broker::consumer_channel(conn, 1).await?;
     let mut requests = channel
         .basic_consume(
@@ -129,7 +162,10 @@ pub async fn serve(conn: &Connection, state: WorkerState, scratch: PathBuf) -> a
             FieldTable::default(),
         )
         .await?;
+    let (alive, ended) = oneshot::channel::<()>();
     tokio::spawn(async move {
+        // Dropped when the loop ends: the worker hears of it.
+        let _alive = alive;
         while let Some(Ok(request)) = requests.next().await {
             let Some(reply_to) = request.properties.reply_to().clone() else {
                 let _ = request.ack(BasicAckOptions::default()).await;
@@ -141,10 +177,13 @@ pub async fn serve(conn: &Connection, state: WorkerState, scratch: PathBuf) -> a
             let path = scratch.join(format!("snapshot-{}.sqlite", uuid::Uuid::new_v4()));
             let started = std::time::Instant::now();
             let result = match state.replica.backup_to(path.clone()).await {
-                Ok((seq, _)) => tokio::fs::read(&path)
-                    .await
-                    .map(|bytes| (seq, bytes))
-                    .map_err(anyhow::Error::from),
+                Ok((seq, _)) => match confirmed(&state, seq).await {
+                    Ok(()) => tokio::fs::read(&path)
+                        .await
+                        .map(|bytes| (seq, bytes))
+                        .map_err(anyhow::Error::from),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e.into()),
             };
             let _ = tokio::fs::remove_file(&path).await;
@@ -173,5 +212,5 @@ pub async fn serve(conn: &Connection, state: WorkerState, scratch: PathBuf) -> a
             let _ = request.ack(BasicAckOptions::default()).await;
         }
     });
-    Ok(())
+    Ok(ended)
 }

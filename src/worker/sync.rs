@@ -30,6 +30,15 @@ pub enum SyncStop {
     Broker(#[from] lapin::Error),
 }
 
+impl SyncStop {
+    /// The copy cannot follow the log from where it is (entries it needs are
+    /// gone, e.g. out of `syncQ`'s retention, or it disagrees with the log): it
+    /// must be replaced by a snapshot, not resumed.
+    pub fn copy_unusable(&self) -> bool {
+        matches!(self, SyncStop::Gap { .. } | SyncStop::Diverged(_))
+    }
+}
+
 pub async fn run(conn: &Connection, state: WorkerState, from: StreamOffset) -> SyncStop {
     match consume(conn, &state, from).await {
         Ok(()) => SyncStop::Ended,

@@ -1,0 +1,114 @@
+//! Workers keep their data across restarts: a worker reopens its slot's own
+//! SQLite file and reads `syncQ` from that file's offset; a copy that fell
+//! behind the log's retention is discarded and replaced from a snapshot. (The
+//! whole system restarted on the same data, brokers included, is in
+//! `faults.rs`: it restarts brokers.)
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::{wait_until, Options, Orchestrator};
+use crate::faults::{all_present_once, write_users};
+
+/// Each worker's `start` (where its copy came from) and whether its seq was
+/// already past 0 when it registered, sorted.
+pub(crate) fn starts_of(status: &Value) -> Vec<(String, bool)> {
+    let mut starts: Vec<(String, bool)> = status["workers"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .map(|w| {
+                    (
+                        w["start"].as_str().unwrap_or("?").to_string(),
+                        w["seq"].as_u64().unwrap_or(0) > 0,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    starts.sort();
+    starts
+}
+
+/// The `syncQ` of the test's vhost keeps about 64 KiB: a few hundred writes.
+fn tiny_retention() -> Vec<(String, String)> {
+    vec![
+        ("DBAAS_SYNC_MAX_BYTES".into(), (64 * 1024).to_string()),
+        ("DBAAS_SYNC_SEGMENT_BYTES".into(), (16 * 1024).to_string()),
+    ]
+}
+
+/// A copy left behind while the log moved past its retention: the worker that
+/// reopens it finds entries missing, discards it, and its replacement joins
+/// from a snapshot; every write is on every replica, the log stays bounded.
+#[tokio::test]
+async fn a_copy_behind_the_logs_retention_is_replaced_from_a_snapshot() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let opts = |ns| Options {
+        slaves: 2,
+        namespace: ns,
+        data_dir: Some(data.path().to_path_buf()),
+        extra_env: tiny_retention(),
+        ..Options::default()
+    };
+    let mut o = Orchestrator::start("retention", opts(None)).await;
+    let ns = o.ns.clone();
+    let mut names = write_users(&o, "first", 20).await;
+    o.stop();
+    // One copy is kept aside while the others move on.
+    let behind = data.path().join("slot-2.sqlite");
+    let kept = data.path().join("kept.sqlite");
+    std::fs::copy(&behind, &kept).expect("keep slot 2's copy");
+
+    let mut o = Orchestrator::start("retention", opts(Some(ns.clone()))).await;
+    names.extend(write_users(&o, "second", 600).await);
+    o.stop();
+    std::fs::copy(&kept, &behind).expect("put the old copy back");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", behind.display()));
+    }
+
+    let o = Orchestrator::spawn("retention", &opts(Some(ns))).await;
+    let status = wait_until(
+        "a replacement joined from a snapshot",
+        Duration::from_secs(90),
+        || async {
+            let s = o.status().await;
+            let starts = starts_of(&s);
+            let serving = s["workers"]
+                .as_array()
+                .map(|ws| ws.iter().filter(|w| w["role"] == "slave").count())
+                .unwrap_or(0);
+            (serving == 2 && starts.iter().any(|(from, _)| from == "snapshot")).then_some(s)
+        },
+    )
+    .await;
+    let Some(status) = status else {
+        panic!("no worker joined from a snapshot: {}", o.status().await)
+    };
+    let log = std::fs::read_dir(o.dir.path().join("logs"))
+        .expect("worker logs")
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(
+        log.contains("own copy cannot follow the log"),
+        "the old copy was found behind the log: {status}"
+    );
+    all_present_once(&o, &names).await;
+    // Every slave has every write too (eventual reads at the master's seq,
+    // round-robin over the slaves).
+    let seq = o.status().await["workers"]
+        .as_array()
+        .and_then(|ws| ws.iter().filter_map(|w| w["seq"].as_u64()).max())
+        .expect("seq");
+    for _ in 0..4 {
+        let (status, body) = o
+            .read(json!({"table": "users", "columns": ["username"], "min_seq": seq}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let rows = body["rows"].as_array().map(Vec::len).unwrap_or(0);
+        assert_eq!(rows, names.len(), "worker {}: {rows} rows", body["worker"]);
+    }
+}
