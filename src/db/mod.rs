@@ -10,4 +10,6 @@ pub mod sql;
 pub mod store;
 
 pub use request::{Consistency, ReadRequest, RequestError, WriteRequest};
-pub use store::{Commit, DbError, LogEntry, ReadOutcome, Store, SyncApplied, WriteOutcome};
+pub use store::{
+    Commit, DbError, LogEntry, ReadOutcome, StatementOutcome, Store, SyncApplied, WriteOutcome,
+};

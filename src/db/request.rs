@@ -46,6 +46,8 @@ pub mod limits {
     pub const MAX_LIMIT: u64 = 10_000;
     /// The largest `offset` (SQLite takes a signed 64-bit integer).
     pub const MAX_OFFSET: u64 = i64::MAX as u64;
+    /// Writes of one `transaction`.
+    pub const MAX_TRANSACTION: usize = 100;
 }
 use limits::*;
 
@@ -414,7 +416,7 @@ struct RawUpdate {
     filter: Json,
 }
 
-/// The JSON shape of `POST /api/v1/db/write`: exactly one of the four forms.
+/// The JSON shape of `POST /api/v1/db/write`: exactly one of the five forms.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWrite {
@@ -428,6 +430,55 @@ struct RawWrite {
     update: Option<RawUpdate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     clear: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transaction: Option<Statements>,
+}
+
+/// The writes of a `transaction`, each validated as a write body of its own
+/// while deserializing: an error names the statement's index, a nested
+/// transaction is refused, and reading stops past [`MAX_TRANSACTION`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+struct Statements(Vec<WriteRequest>);
+
+impl<'de> Deserialize<'de> for Statements {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Statements;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of write bodies")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Statements, A::Error> {
+                use serde::de::Error;
+                let mut writes = Vec::new();
+                // Each element is read as JSON first and then validated, so
+                // its error has no position of its own and gets the index.
+                while let Some(element) = seq.next_element::<Json>()? {
+                    let index = writes.len();
+                    if index == MAX_TRANSACTION {
+                        return Err(A::Error::custom(format!(
+                            "\"transaction\" takes at most {MAX_TRANSACTION} writes"
+                        )));
+                    }
+                    let write = WriteRequest::deserialize(element).map_err(|e| {
+                        A::Error::custom(format!("statement {index} of the transaction: {e}"))
+                    })?;
+                    if let WriteRequest::Transaction(_) = write {
+                        return Err(A::Error::custom(format!(
+                            "statement {index} of the transaction: transactions do not nest"
+                        )));
+                    }
+                    writes.push(write);
+                }
+                Ok(Statements(writes))
+            }
+        }
+        d.deserialize_seq(Visitor)
+    }
 }
 
 /// A validated write.
@@ -447,6 +498,9 @@ pub enum WriteRequest {
     },
     /// Empties one table, or every table when `table` is `None`.
     Clear { table: Option<&'static str> },
+    /// 1 to [`MAX_TRANSACTION`] writes (none of them a transaction), applied
+    /// all or none, in order, as one write with one sequence number.
+    Transaction(Vec<WriteRequest>),
 }
 
 fn values(
@@ -477,6 +531,9 @@ fn values(
         .collect()
 }
 
+const EXACTLY_ONE: &str =
+    "a write takes exactly one of \"insert\", \"delete\", \"update\", \"clear\", \"transaction\"";
+
 impl TryFrom<RawWrite> for WriteRequest {
     type Error = RequestError;
 
@@ -486,11 +543,19 @@ impl TryFrom<RawWrite> for WriteRequest {
             raw.delete.is_some(),
             raw.update.is_some(),
             raw.clear.is_some(),
+            raw.transaction.is_some(),
         ];
         if forms.iter().filter(|f| **f).count() != 1 {
-            return bad(
-                "a write takes exactly one of \"insert\", \"delete\", \"update\", \"clear\"",
-            );
+            return bad(EXACTLY_ONE);
+        }
+        if let Some(Statements(writes)) = raw.transaction {
+            if raw.table.is_some() {
+                return bad("a transaction names its tables in its writes, not in \"table\"");
+            }
+            if writes.is_empty() {
+                return bad("\"transaction\" has no writes");
+            }
+            return Ok(WriteRequest::Transaction(writes));
         }
         let table = raw.table.as_deref().map(table_named).transpose()?;
         if let Some(clear) = raw.clear {
@@ -556,9 +621,7 @@ impl TryFrom<RawWrite> for WriteRequest {
                     filter,
                 })
             }
-            None => {
-                bad("a write takes exactly one of \"insert\", \"delete\", \"update\", \"clear\"")
-            }
+            None => bad(EXACTLY_ONE),
         }
     }
 }
@@ -580,6 +643,7 @@ impl From<WriteRequest> for RawWrite {
             delete: None,
             update: None,
             clear: None,
+            transaction: None,
         };
         match w {
             WriteRequest::Insert { table, rows } => {
@@ -604,6 +668,7 @@ impl From<WriteRequest> for RawWrite {
                 raw.table = table.map(str::to_string);
                 raw.clear = Some(true);
             }
+            WriteRequest::Transaction(writes) => raw.transaction = Some(Statements(writes)),
         }
         raw
     }
@@ -617,6 +682,9 @@ impl fmt::Display for WriteRequest {
             WriteRequest::Update { table, .. } => write!(f, "update {table}"),
             WriteRequest::Clear { table: Some(t) } => write!(f, "clear {t}"),
             WriteRequest::Clear { table: None } => write!(f, "clear all"),
+            WriteRequest::Transaction(writes) => {
+                write!(f, "transaction of {} writes", writes.len())
+            }
         }
     }
 }
@@ -918,5 +986,97 @@ mod tests {
             assert_eq!(w, back, "{body}");
         }
         assert!(err_text(write(json!({"clear": false}))).contains("must be true"));
+    }
+
+    fn users_insert(name: &str) -> Json {
+        json!({"table": "users", "insert": {"username": name, "password": "p"}})
+    }
+
+    #[test]
+    fn a_transaction_validates_each_write_and_round_trips() {
+        let body = json!({"transaction": [
+            users_insert("a"),
+            {"table": "rides", "delete": {"created_by": "a"}},
+            {"table": "users", "update": {"set": {"password": "q"}, "where": {"username": "a"}}},
+            {"table": "ride_members", "clear": true},
+        ]});
+        let w = write(body.clone()).expect("valid");
+        let WriteRequest::Transaction(writes) = &w else {
+            panic!("a transaction expected: {w:?}")
+        };
+        assert_eq!(writes.len(), 4);
+        assert!(matches!(
+            writes[1],
+            WriteRequest::Delete { table: "rides", .. }
+        ));
+        assert_eq!(w.to_string(), "transaction of 4 writes");
+        let back: WriteRequest =
+            parse(serde_json::to_vec(&w).expect("ser").as_slice()).expect("valid");
+        assert_eq!(w, back);
+    }
+
+    #[test]
+    fn a_transactions_errors_name_the_statement() {
+        let e = err_text(write(json!({"transaction": [
+            users_insert("a"),
+            {"table": "users", "insert": {"username": "b"}},
+        ]})));
+        assert!(
+            e.starts_with(
+                "statement 1 of the transaction: insert into \"users\" needs column \"password\""
+            ),
+            "{e}"
+        );
+        let e = err_text(write(json!({"transaction": [
+            users_insert("a"), users_insert("b"),
+            {"table": "users", "delete": {"username": "a"}, "sql": "DROP TABLE users"},
+        ]})));
+        assert!(
+            e.starts_with("statement 2 of the transaction: unknown field `sql`"),
+            "{e}"
+        );
+        let e = err_text(write(json!({"transaction": [users_insert("a"), 7]})));
+        assert!(
+            e.starts_with("statement 1 of the transaction: invalid type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn transactions_are_bounded_flat_and_not_empty() {
+        let at_limit: Vec<Json> = (0..MAX_TRANSACTION)
+            .map(|i| users_insert(&i.to_string()))
+            .collect();
+        let Ok(WriteRequest::Transaction(writes)) = write(json!({"transaction": at_limit})) else {
+            panic!("a transaction at the limit is valid")
+        };
+        assert_eq!(writes.len(), MAX_TRANSACTION);
+        let over: Vec<Json> = (0..=MAX_TRANSACTION)
+            .map(|i| users_insert(&i.to_string()))
+            .collect();
+        let e = err_text(write(json!({"transaction": over})));
+        assert!(e.contains("takes at most 100 writes"), "{e}");
+        let e = err_text(write(json!({"transaction": []})));
+        assert!(e.contains("\"transaction\" has no writes"), "{e}");
+        let e = err_text(write(json!({"transaction": [
+            users_insert("a"),
+            {"transaction": [users_insert("b")]},
+        ]})));
+        assert!(
+            e.contains("statement 1 of the transaction: transactions do not nest"),
+            "{e}"
+        );
+        let e = err_text(write(json!({"transaction": [{"transaction": []}]})));
+        assert!(e.contains("statement 0 of the transaction"), "{e}");
+        assert!(err_text(write(json!({"transaction": {"table": "users"}})))
+            .contains("a list of write bodies"));
+        assert!(err_text(write(
+            json!({"transaction": [users_insert("a")], "table": "users"})
+        ))
+        .contains("not in \"table\""));
+        assert!(err_text(write(
+            json!({"transaction": [users_insert("a")], "clear": true})
+        ))
+        .contains("exactly one"));
     }
 }
