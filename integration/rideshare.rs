@@ -44,6 +44,8 @@ impl Service {
             .env(bind_var, format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "info")
             .env("RIDESHARE_TIMEOUT_MS", "8000")
+            // Short, so that a DBaaS that is down answers 503 soon.
+            .env("RIDESHARE_RETRY_MS", "1000")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
