@@ -434,51 +434,51 @@ struct RawWrite {
     transaction: Option<Statements>,
 }
 
-/// The writes of a `transaction`, each validated as a write body of its own
-/// while deserializing: an error names the statement's index, a nested
-/// transaction is refused, and reading stops past [`MAX_TRANSACTION`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-struct Statements(Vec<WriteRequest>);
+/// The writes of a `transaction`: as read (JSON; `WriteRequest`'s `TryFrom`
+/// validates each as a write body of its own, so an error names its index),
+/// or as validated (to serialize).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+enum Statements {
+    Read(Vec<Json>),
+    Valid(Vec<WriteRequest>),
+}
 
 impl<'de> Deserialize<'de> for Statements {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Statements;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a list of write bodies")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Statements, A::Error> {
-                use serde::de::Error;
-                let mut writes = Vec::new();
-                // Each element is read as JSON first and then validated, so
-                // its error has no position of its own and gets the index.
-                while let Some(element) = seq.next_element::<Json>()? {
-                    let index = writes.len();
-                    if index == MAX_TRANSACTION {
-                        return Err(A::Error::custom(format!(
-                            "\"transaction\" takes at most {MAX_TRANSACTION} writes"
-                        )));
-                    }
-                    let write = WriteRequest::deserialize(element).map_err(|e| {
-                        A::Error::custom(format!("statement {index} of the transaction: {e}"))
-                    })?;
-                    if let WriteRequest::Transaction(_) = write {
-                        return Err(A::Error::custom(format!(
-                            "statement {index} of the transaction: transactions do not nest"
-                        )));
-                    }
-                    writes.push(write);
-                }
-                Ok(Statements(writes))
-            }
-        }
-        d.deserialize_seq(Visitor)
+        Vec::<Json>::deserialize(d).map(Statements::Read)
     }
+}
+
+/// A transaction of `statements`: 1 to [`MAX_TRANSACTION`] writes, none of
+/// them a transaction.
+fn transaction(statements: Statements) -> Result<WriteRequest, RequestError> {
+    let items: Vec<Result<WriteRequest, Json>> = match statements {
+        Statements::Read(items) => items.into_iter().map(Err).collect(),
+        Statements::Valid(writes) => writes.into_iter().map(Ok).collect(),
+    };
+    if items.is_empty() {
+        return bad("\"transaction\" has no writes");
+    }
+    if items.len() > MAX_TRANSACTION {
+        return bad(format!(
+            "\"transaction\" has {} writes; it takes at most {MAX_TRANSACTION} writes",
+            items.len()
+        ));
+    }
+    let mut writes = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let at = |e: String| RequestError(format!("statement {index} of the transaction: {e}"));
+        let write = match item {
+            Ok(write) => write,
+            Err(json) => WriteRequest::deserialize(json).map_err(|e| at(e.to_string()))?,
+        };
+        if let WriteRequest::Transaction(_) = write {
+            return Err(at("transactions do not nest".into()));
+        }
+        writes.push(write);
+    }
+    Ok(WriteRequest::Transaction(writes))
 }
 
 /// A validated write.
@@ -548,14 +548,11 @@ impl TryFrom<RawWrite> for WriteRequest {
         if forms.iter().filter(|f| **f).count() != 1 {
             return bad(EXACTLY_ONE);
         }
-        if let Some(Statements(writes)) = raw.transaction {
+        if let Some(statements) = raw.transaction {
             if raw.table.is_some() {
                 return bad("a transaction names its tables in its writes, not in \"table\"");
             }
-            if writes.is_empty() {
-                return bad("\"transaction\" has no writes");
-            }
-            return Ok(WriteRequest::Transaction(writes));
+            return transaction(statements);
         }
         let table = raw.table.as_deref().map(table_named).transpose()?;
         if let Some(clear) = raw.clear {
@@ -668,7 +665,7 @@ impl From<WriteRequest> for RawWrite {
                 raw.table = table.map(str::to_string);
                 raw.clear = Some(true);
             }
-            WriteRequest::Transaction(writes) => raw.transaction = Some(Statements(writes)),
+            WriteRequest::Transaction(writes) => raw.transaction = Some(Statements::Valid(writes)),
         }
         raw
     }
@@ -1055,21 +1052,24 @@ mod tests {
             .map(|i| users_insert(&i.to_string()))
             .collect();
         let e = err_text(write(json!({"transaction": over})));
-        assert!(e.contains("takes at most 100 writes"), "{e}");
+        assert_eq!(
+            e,
+            "\"transaction\" has 101 writes; it takes at most 100 writes"
+        );
         let e = err_text(write(json!({"transaction": []})));
-        assert!(e.contains("\"transaction\" has no writes"), "{e}");
+        assert_eq!(e, "\"transaction\" has no writes");
         let e = err_text(write(json!({"transaction": [
             users_insert("a"),
             {"transaction": [users_insert("b")]},
         ]})));
-        assert!(
-            e.contains("statement 1 of the transaction: transactions do not nest"),
-            "{e}"
+        assert_eq!(
+            e,
+            "statement 1 of the transaction: transactions do not nest"
         );
         let e = err_text(write(json!({"transaction": [{"transaction": []}]})));
         assert!(e.contains("statement 0 of the transaction"), "{e}");
         assert!(err_text(write(json!({"transaction": {"table": "users"}})))
-            .contains("a list of write bodies"));
+            .contains("expected a sequence"));
         assert!(err_text(write(
             json!({"transaction": [users_insert("a")], "table": "users"})
         ))
