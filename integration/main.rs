@@ -15,3 +15,4 @@ mod observability;
 mod replication;
 mod rideshare;
 mod scaling;
+mod transactions;
