@@ -16,3 +16,4 @@ mod replication;
 mod restarts;
 mod rideshare;
 mod scaling;
+mod transactions;

@@ -44,6 +44,8 @@ impl Service {
             .env(bind_var, format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "info")
             .env("RIDESHARE_TIMEOUT_MS", "8000")
+            // Short, so that a DBaaS that is down answers 503 soon.
+            .env("RIDESHARE_RETRY_MS", "1000")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -881,6 +883,94 @@ async fn users_are_checked_across_services_with_one_list_call_and_origin() {
     );
     drop(rides);
     drop(s);
+}
+
+/// Deleting a user removes them, their rides (with those rides' members) and
+/// their memberships as ONE DBaaS write: the sequence advances by one.
+#[tokio::test]
+async fn deleting_a_user_is_one_transaction() {
+    let s = Stack::start("rs-delete-txn").await;
+    let when = future();
+    for name in ["dave", "erin"] {
+        add_user(&s.users, name).await;
+    }
+    expect(
+        &add_ride(&s.rides, "dave", &when, json!(5), json!(6)).await,
+        201,
+        "dave's ride",
+    );
+    expect(
+        &add_ride(&s.rides, "erin", &when, json!(5), json!(7)).await,
+        201,
+        "erin's ride",
+    );
+    let daves = ride_ids(&s.rides, 5, 6).await[0];
+    let erins = ride_ids(&s.rides, 5, 7).await[0];
+    for (ride, who) in [(daves, "erin"), (erins, "dave")] {
+        let r = call(
+            Method::POST,
+            &s.rides.url(&format!("/api/v1/rides/{ride}")),
+            Body::Json(json!({"username": who})),
+        )
+        .await;
+        expect(&r, 200, &format!("{who} joins ride {ride}"));
+    }
+    // Writes straight to the DBaaS bracket the deletion's seq.
+    let seq_of = |answer: Value| answer["seq"].as_u64().expect("seq");
+    let before = seq_of(s.o.insert_user("marker-1").await);
+    expect(
+        &call(
+            Method::DELETE,
+            &s.users.url("/api/v1/users/dave"),
+            Body::Empty,
+        )
+        .await,
+        200,
+        "delete dave",
+    );
+    let after = seq_of(s.o.insert_user("marker-2").await);
+    assert_eq!(after, before + 2, "the deletion was one write");
+
+    let rows = |table: &'static str| {
+        let o = &s.o;
+        async move {
+            let (status, body) = o
+                .read(json!({"table": table, "consistency": "strong", "order_by": [{"column": if table == "users" { "username" } else { "ride_id" }}]}))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            body["rows"].clone()
+        }
+    };
+    let users: Vec<Value> = rows("users")
+        .await
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["username"].clone())
+        .collect();
+    assert_eq!(
+        users,
+        vec![json!("erin"), json!("marker-1"), json!("marker-2")]
+    );
+    let rides = rows("rides").await;
+    assert_eq!(rides.as_array().map(Vec::len), Some(1), "{rides}");
+    assert_eq!(rides[0]["ride_id"], erins, "{rides}");
+    assert_eq!(
+        rows("ride_members").await,
+        json!([]),
+        "both memberships are gone"
+    );
+    // An unknown user is still a 400.
+    expect(
+        &call(
+            Method::DELETE,
+            &s.users.url("/api/v1/users/dave"),
+            Body::Empty,
+        )
+        .await,
+        400,
+        "delete dave again",
+    );
 }
 
 #[tokio::test]

@@ -56,11 +56,18 @@ pub struct DbaasClientArgs {
     /// Timeout of each call to the DBaaS (and, for rides, the users service), in milliseconds.
     #[arg(long, env = "RIDESHARE_TIMEOUT_MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// How long a DBaaS call that got no answer (unreachable, timed out,
+    /// 502/503/504) is retried in all, in milliseconds; 0 tries once.
+    #[arg(long, env = "RIDESHARE_RETRY_MS", default_value_t = 15_000)]
+    pub retry_ms: u64,
 }
 
 impl DbaasClientArgs {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+    pub fn retry_budget(&self) -> Duration {
+        Duration::from_millis(self.retry_ms)
     }
 }
 

@@ -12,6 +12,12 @@ exited() {
   [[ $stat == Z* ]]
 }
 
+# up_twice_leftovers DIR: stops what a scripts/up that did not stop left running.
+up_twice_leftovers() {
+  RUN_DIR=$1 AMQP_PORT=5702 ZK_PORT=2211 LB_PORT=8190 bash -c \
+    'source scripts/lib/services.sh; source scripts/lib/lb.sh; stop_lb; stop_services' || true
+}
+
 up_twice() {
   local dir=$RUN_DIR/up-twice
   rm -rf "$dir"
@@ -28,7 +34,10 @@ up_twice() {
     local up=$!
     if ! wait_for "scripts/up (round $round)" 300 curl -sf "http://127.0.0.1:$lb/api/v1/users"; then
       tail -30 "$dir/up-$round.log" >&2
-      kill -INT "$up" 2>/dev/null; wait "$up" 2>/dev/null
+      kill -TERM "$up" 2>/dev/null
+      wait_for "scripts/up to stop" 90 exited "$up" || kill -KILL -- "-$up" 2>/dev/null
+      wait "$up" 2>/dev/null
+      up_twice_leftovers "$dir"
       return 1
     fi
     local ok=0
@@ -46,9 +55,13 @@ up_twice() {
         ok=0
       fi
     fi
-    kill -INT "$up"
+    # TERM, as Ctrl-C would be INT: a background job of a script ignores INT.
+    # TERM: Ctrl-C's INT is ignored by a script started in the background.
+    kill -TERM "$up"
     if ! wait_for "scripts/up to stop (round $round)" 90 exited "$up"; then
       kill -KILL -- "-$up" 2>/dev/null
+      up_twice_leftovers "$dir"
+      ok=0
     fi
     wait "$up" 2>/dev/null
     if [ "$ok" != 1 ]; then

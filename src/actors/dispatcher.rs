@@ -421,6 +421,7 @@ mod tests {
             seq: 7,
             rows_affected: 1,
             last_insert_id: None,
+            statements: Vec::new(),
         });
         waiter.do_send(Delivered {
             correlation_id: "c-1".into(),

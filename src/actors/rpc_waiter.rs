@@ -115,6 +115,7 @@ mod tests {
             seq,
             rows_affected: 1,
             last_insert_id: None,
+            statements: Vec::new(),
         })
     }
 

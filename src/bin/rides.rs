@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
         users_url: a.users_url,
         origin,
         timeout: a.dbaas.timeout(),
+        retry_budget: a.dbaas.retry_budget(),
     })
     .await
 }

@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
         http: a.http.limits(),
         dbaas_url: a.dbaas.dbaas_url.clone(),
         timeout: a.dbaas.timeout(),
+        retry_budget: a.dbaas.retry_budget(),
     })
     .await
 }

@@ -51,11 +51,11 @@ impl ErrorReply {
 
 impl From<DbError> for ErrorReply {
     fn from(e: DbError) -> Self {
-        let status = match e {
+        let status = match e.cause() {
             DbError::Constraint(_) => 409,
             DbError::Invalid(_) | DbError::KeyReused(_) => 422,
             DbError::Full(_) => 507,
-            DbError::Internal(_) => 500,
+            DbError::Internal(_) | DbError::Statement { .. } => 500,
         };
         ErrorReply {
             status,
@@ -99,6 +99,27 @@ mod tests {
         assert_eq!(e.status, 422);
         let e: ErrorReply = DbError::KeyReused("used".into()).into();
         assert_eq!(e.status, 422);
+        // A transaction's failure has its failing statement's status and index.
+        let e: ErrorReply = DbError::Statement {
+            index: 2,
+            statement: "insert into users".into(),
+            cause: Box::new(DbError::Constraint("UNIQUE".into())),
+        }
+        .into();
+        assert_eq!(e.status, 409);
+        assert!(
+            e.error
+                .starts_with("statement 2 of the transaction (insert into users) failed"),
+            "{}",
+            e.error
+        );
+        let e: ErrorReply = DbError::Statement {
+            index: 0,
+            statement: "insert into rides".into(),
+            cause: Box::new(DbError::Full("database or disk is full".into())),
+        }
+        .into();
+        assert_eq!(e.status, 507);
     }
 
     #[test]

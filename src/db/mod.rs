@@ -11,5 +11,6 @@ pub mod store;
 
 pub use request::{Consistency, ReadRequest, RequestError, WriteRequest};
 pub use store::{
-    Commit, DbError, DiskState, LogEntry, ReadOutcome, Store, SyncApplied, WriteOutcome,
+    Commit, DbError, DiskState, LogEntry, ReadOutcome, StatementOutcome, Store, SyncApplied,
+    WriteOutcome,
 };

@@ -28,6 +28,7 @@ const WORDS: &[&str] = &[
     "update",
     "set",
     "clear",
+    "transaction",
     "column",
     "desc",
     "users",
@@ -216,12 +217,30 @@ fn write_body() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// `{"transaction": [...]}` of generated write bodies (sometimes a nested
+/// transaction, sometimes none, sometimes junk among them).
+fn transaction_body() -> impl Strategy<Value = Vec<u8>> {
+    let write = prop_oneof![
+        8 => write_body().prop_map(|b| serde_json::from_slice(&b).unwrap_or(Json::Null)),
+        1 => json(),
+    ];
+    let writes = proptest::collection::vec(write, 0..3).prop_map(Json::Array);
+    let nested = writes
+        .clone()
+        .prop_map(|w| serde_json::json!({"transaction": w}));
+    prop_oneof![
+        6 => writes.prop_map(|w| fields(vec![("transaction", Some(w))])),
+        1 => nested.prop_map(|n| fields(vec![("transaction", Some(Json::Array(vec![n])))])),
+    ]
+}
+
 /// A body: mostly request-shaped objects with junk here and there, sometimes
 /// any JSON, sometimes any bytes.
 fn body() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         4 => read_body(),
         4 => write_body(),
+        3 => transaction_body(),
         1 => json().prop_map(|j| j.to_string().into_bytes()),
         1 => proptest::collection::vec(any::<u8>(), 0..64),
     ]
@@ -229,7 +248,7 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
 
 /// An error the server would answer with 5xx for a request it accepted.
 fn server_fault(e: &DbError) -> bool {
-    matches!(e, DbError::Internal(_))
+    matches!(e.cause(), DbError::Internal(_))
 }
 
 #[test]
@@ -240,7 +259,7 @@ fn any_body_is_a_request_or_a_400_and_never_a_server_error() {
         failure_persistence: None,
         ..Config::default()
     });
-    let (reads, writes) = (Cell::new(0u32), Cell::new(0u32));
+    let (reads, writes, transactions) = (Cell::new(0u32), Cell::new(0u32), Cell::new(0u32));
     runner
         .run(&body(), |bytes| {
             let mut store = store.borrow_mut();
@@ -252,6 +271,9 @@ fn any_body_is_a_request_or_a_400_and_never_a_server_error() {
             }
             if let Ok(w) = parse::<WriteRequest>(&bytes) {
                 writes.set(writes.get() + 1);
+                if let WriteRequest::Transaction(_) = w {
+                    transactions.set(transactions.get() + 1);
+                }
                 let id = format!("w{}", writes.get());
                 let results = store.commit_batch(1, &[(id, w.clone())]);
                 prop_assert!(results.is_ok(), "{w:?}: {results:?}");
@@ -265,9 +287,9 @@ fn any_body_is_a_request_or_a_400_and_never_a_server_error() {
         })
         .expect("no body breaks the request model");
     // The generator reaches valid requests of both kinds, not only errors.
-    let accepted = (reads.get(), writes.get());
+    let accepted = (reads.get(), writes.get(), transactions.get());
     assert!(
-        accepted.0 > 100 && accepted.1 > 100,
+        accepted.0 > 100 && accepted.1 > 100 && accepted.2 > 10,
         "accepted {accepted:?}"
     );
 }

@@ -46,6 +46,8 @@ pub mod limits {
     pub const MAX_LIMIT: u64 = 10_000;
     /// The largest `offset` (SQLite takes a signed 64-bit integer).
     pub const MAX_OFFSET: u64 = i64::MAX as u64;
+    /// Writes of one `transaction`.
+    pub const MAX_TRANSACTION: usize = 100;
 }
 use limits::*;
 
@@ -414,7 +416,7 @@ struct RawUpdate {
     filter: Json,
 }
 
-/// The JSON shape of `POST /api/v1/db/write`: exactly one of the four forms.
+/// The JSON shape of `POST /api/v1/db/write`: exactly one of the five forms.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWrite {
@@ -428,6 +430,55 @@ struct RawWrite {
     update: Option<RawUpdate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     clear: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transaction: Option<Statements>,
+}
+
+/// The writes of a `transaction`: as read (JSON; `WriteRequest`'s `TryFrom`
+/// validates each as a write body of its own, so an error names its index),
+/// or as validated (to serialize).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+enum Statements {
+    Read(Vec<Json>),
+    Valid(Vec<WriteRequest>),
+}
+
+impl<'de> Deserialize<'de> for Statements {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<Json>::deserialize(d).map(Statements::Read)
+    }
+}
+
+/// A transaction of `statements`: 1 to [`MAX_TRANSACTION`] writes, none of
+/// them a transaction.
+fn transaction(statements: Statements) -> Result<WriteRequest, RequestError> {
+    let items: Vec<Result<WriteRequest, Json>> = match statements {
+        Statements::Read(items) => items.into_iter().map(Err).collect(),
+        Statements::Valid(writes) => writes.into_iter().map(Ok).collect(),
+    };
+    if items.is_empty() {
+        return bad("\"transaction\" has no writes");
+    }
+    if items.len() > MAX_TRANSACTION {
+        return bad(format!(
+            "\"transaction\" has {} writes; it takes at most {MAX_TRANSACTION} writes",
+            items.len()
+        ));
+    }
+    let mut writes = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let at = |e: String| RequestError(format!("statement {index} of the transaction: {e}"));
+        let write = match item {
+            Ok(write) => write,
+            Err(json) => WriteRequest::deserialize(json).map_err(|e| at(e.to_string()))?,
+        };
+        if let WriteRequest::Transaction(_) = write {
+            return Err(at("transactions do not nest".into()));
+        }
+        writes.push(write);
+    }
+    Ok(WriteRequest::Transaction(writes))
 }
 
 /// A validated write.
@@ -447,6 +498,9 @@ pub enum WriteRequest {
     },
     /// Empties one table, or every table when `table` is `None`.
     Clear { table: Option<&'static str> },
+    /// 1 to [`MAX_TRANSACTION`] writes (none of them a transaction), applied
+    /// all or none, in order, as one write with one sequence number.
+    Transaction(Vec<WriteRequest>),
 }
 
 fn values(
@@ -477,6 +531,9 @@ fn values(
         .collect()
 }
 
+const EXACTLY_ONE: &str =
+    "a write takes exactly one of \"insert\", \"delete\", \"update\", \"clear\", \"transaction\"";
+
 impl TryFrom<RawWrite> for WriteRequest {
     type Error = RequestError;
 
@@ -486,11 +543,16 @@ impl TryFrom<RawWrite> for WriteRequest {
             raw.delete.is_some(),
             raw.update.is_some(),
             raw.clear.is_some(),
+            raw.transaction.is_some(),
         ];
         if forms.iter().filter(|f| **f).count() != 1 {
-            return bad(
-                "a write takes exactly one of \"insert\", \"delete\", \"update\", \"clear\"",
-            );
+            return bad(EXACTLY_ONE);
+        }
+        if let Some(statements) = raw.transaction {
+            if raw.table.is_some() {
+                return bad("a transaction names its tables in its writes, not in \"table\"");
+            }
+            return transaction(statements);
         }
         let table = raw.table.as_deref().map(table_named).transpose()?;
         if let Some(clear) = raw.clear {
@@ -556,9 +618,7 @@ impl TryFrom<RawWrite> for WriteRequest {
                     filter,
                 })
             }
-            None => {
-                bad("a write takes exactly one of \"insert\", \"delete\", \"update\", \"clear\"")
-            }
+            None => bad(EXACTLY_ONE),
         }
     }
 }
@@ -580,6 +640,7 @@ impl From<WriteRequest> for RawWrite {
             delete: None,
             update: None,
             clear: None,
+            transaction: None,
         };
         match w {
             WriteRequest::Insert { table, rows } => {
@@ -604,6 +665,7 @@ impl From<WriteRequest> for RawWrite {
                 raw.table = table.map(str::to_string);
                 raw.clear = Some(true);
             }
+            WriteRequest::Transaction(writes) => raw.transaction = Some(Statements::Valid(writes)),
         }
         raw
     }
@@ -617,6 +679,9 @@ impl fmt::Display for WriteRequest {
             WriteRequest::Update { table, .. } => write!(f, "update {table}"),
             WriteRequest::Clear { table: Some(t) } => write!(f, "clear {t}"),
             WriteRequest::Clear { table: None } => write!(f, "clear all"),
+            WriteRequest::Transaction(writes) => {
+                write!(f, "transaction of {} writes", writes.len())
+            }
         }
     }
 }
@@ -918,5 +983,100 @@ mod tests {
             assert_eq!(w, back, "{body}");
         }
         assert!(err_text(write(json!({"clear": false}))).contains("must be true"));
+    }
+
+    fn users_insert(name: &str) -> Json {
+        json!({"table": "users", "insert": {"username": name, "password": "p"}})
+    }
+
+    #[test]
+    fn a_transaction_validates_each_write_and_round_trips() {
+        let body = json!({"transaction": [
+            users_insert("a"),
+            {"table": "rides", "delete": {"created_by": "a"}},
+            {"table": "users", "update": {"set": {"password": "q"}, "where": {"username": "a"}}},
+            {"table": "ride_members", "clear": true},
+        ]});
+        let w = write(body.clone()).expect("valid");
+        let WriteRequest::Transaction(writes) = &w else {
+            panic!("a transaction expected: {w:?}")
+        };
+        assert_eq!(writes.len(), 4);
+        assert!(matches!(
+            writes[1],
+            WriteRequest::Delete { table: "rides", .. }
+        ));
+        assert_eq!(w.to_string(), "transaction of 4 writes");
+        let back: WriteRequest =
+            parse(serde_json::to_vec(&w).expect("ser").as_slice()).expect("valid");
+        assert_eq!(w, back);
+    }
+
+    #[test]
+    fn a_transactions_errors_name_the_statement() {
+        let e = err_text(write(json!({"transaction": [
+            users_insert("a"),
+            {"table": "users", "insert": {"username": "b"}},
+        ]})));
+        assert!(
+            e.starts_with(
+                "statement 1 of the transaction: insert into \"users\" needs column \"password\""
+            ),
+            "{e}"
+        );
+        let e = err_text(write(json!({"transaction": [
+            users_insert("a"), users_insert("b"),
+            {"table": "users", "delete": {"username": "a"}, "sql": "DROP TABLE users"},
+        ]})));
+        assert!(
+            e.starts_with("statement 2 of the transaction: unknown field `sql`"),
+            "{e}"
+        );
+        let e = err_text(write(json!({"transaction": [users_insert("a"), 7]})));
+        assert!(
+            e.starts_with("statement 1 of the transaction: invalid type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn transactions_are_bounded_flat_and_not_empty() {
+        let at_limit: Vec<Json> = (0..MAX_TRANSACTION)
+            .map(|i| users_insert(&i.to_string()))
+            .collect();
+        let Ok(WriteRequest::Transaction(writes)) = write(json!({"transaction": at_limit})) else {
+            panic!("a transaction at the limit is valid")
+        };
+        assert_eq!(writes.len(), MAX_TRANSACTION);
+        let over: Vec<Json> = (0..=MAX_TRANSACTION)
+            .map(|i| users_insert(&i.to_string()))
+            .collect();
+        let e = err_text(write(json!({"transaction": over})));
+        assert_eq!(
+            e,
+            "\"transaction\" has 101 writes; it takes at most 100 writes"
+        );
+        let e = err_text(write(json!({"transaction": []})));
+        assert_eq!(e, "\"transaction\" has no writes");
+        let e = err_text(write(json!({"transaction": [
+            users_insert("a"),
+            {"transaction": [users_insert("b")]},
+        ]})));
+        assert_eq!(
+            e,
+            "statement 1 of the transaction: transactions do not nest"
+        );
+        let e = err_text(write(json!({"transaction": [{"transaction": []}]})));
+        assert!(e.contains("statement 0 of the transaction"), "{e}");
+        assert!(err_text(write(json!({"transaction": {"table": "users"}})))
+            .contains("expected a sequence"));
+        assert!(err_text(write(
+            json!({"transaction": [users_insert("a")], "table": "users"})
+        ))
+        .contains("not in \"table\""));
+        assert!(err_text(write(
+            json!({"transaction": [users_insert("a")], "clear": true})
+        ))
+        .contains("exactly one"));
     }
 }

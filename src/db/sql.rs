@@ -130,6 +130,9 @@ pub fn write(w: &WriteRequest) -> Vec<Statement> {
                 })
                 .collect()
         }
+        // The store runs a transaction's writes one by one (to report each
+        // one's outcome); flattened, they are the same statements in order.
+        WriteRequest::Transaction(writes) => writes.iter().flat_map(write).collect(),
     }
 }
 

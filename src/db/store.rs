@@ -36,6 +36,26 @@ pub enum DbError {
     /// The database itself failed: 500.
     #[error("database error: {0}")]
     Internal(String),
+    /// A write of a transaction failed, so nothing of the transaction was
+    /// applied; answered with its cause's status.
+    #[error(
+        "statement {index} of the transaction ({statement}) failed, nothing was applied: {cause}"
+    )]
+    Statement {
+        index: usize,
+        statement: String,
+        cause: Box<DbError>,
+    },
+}
+
+impl DbError {
+    /// What went wrong, under any transaction statement it happened in.
+    pub fn cause(&self) -> &DbError {
+        match self {
+            DbError::Statement { cause, .. } => cause.cause(),
+            other => other,
+        }
+    }
 }
 
 impl From<rusqlite::Error> for DbError {
@@ -72,6 +92,19 @@ pub struct WriteOutcome {
     /// The new row's id, for inserts.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub last_insert_id: Option<i64>,
+    /// A transaction's outcome per write, in order (`rows_affected` above is
+    /// their sum); empty for any other write.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub statements: Vec<StatementOutcome>,
+}
+
+/// What one write of a transaction did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementOutcome {
+    pub rows_affected: u64,
+    /// The new row's id, for inserts (the last row's, for several).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_insert_id: Option<i64>,
 }
 
 /// What a read returned, and how fresh the replica that served it was.
@@ -88,7 +121,9 @@ pub struct ReadOutcome {
     pub more: bool,
 }
 
-/// One committed write as it travels on `syncQ`.
+/// One committed write as it travels on `syncQ`; a transaction is one entry
+/// (its `request` lists its writes), applied by a replica in one SQLite
+/// transaction like any other entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
     pub seq: u64,
@@ -255,6 +290,12 @@ impl Store {
     /// transaction. If the commit itself fails and nothing was stored, every
     /// new write of the batch is answered with that error. An `Err` means this
     /// copy can no longer be trusted (the worker should stop).
+    ///
+    /// A transaction (`WriteRequest::Transaction`) is one write here: its
+    /// statements share its savepoint and its one sequence number, so a
+    /// failing statement (a constraint, or SQLITE_FULL rolling back the whole
+    /// transaction) takes the others with it and the rest of the batch is
+    /// unaffected, as for any write.
     pub fn commit_batch(
         &mut self,
         epoch: u64,
@@ -577,17 +618,36 @@ fn apply(
     hash: &str,
     request: &WriteRequest,
 ) -> Result<WriteOutcome, DbError> {
-    let mut rows_affected = 0u64;
-    for stmt in sql::write(request) {
-        let mut prepared = tx.prepare_cached(&stmt.sql)?;
-        rows_affected += prepared.execute(params_from_iter(stmt.params.iter()))? as u64;
-    }
-    let last_insert_id =
-        matches!(request, WriteRequest::Insert { .. }).then(|| tx.last_insert_rowid());
-    let outcome = WriteOutcome {
-        seq,
-        rows_affected,
-        last_insert_id,
+    let outcome = match request {
+        // All or nothing: the caller holds a savepoint (the master) or a
+        // transaction (a replica) around the whole write, so returning at the
+        // first failure leaves nothing of the transaction once it is dropped.
+        WriteRequest::Transaction(writes) => {
+            let mut statements = Vec::with_capacity(writes.len());
+            for (index, write) in writes.iter().enumerate() {
+                let done = execute(tx, write).map_err(|cause| DbError::Statement {
+                    index,
+                    statement: write.to_string(),
+                    cause: Box::new(cause),
+                })?;
+                statements.push(done);
+            }
+            WriteOutcome {
+                seq,
+                rows_affected: statements.iter().map(|s| s.rows_affected).sum(),
+                last_insert_id: None,
+                statements,
+            }
+        }
+        single => {
+            let done = execute(tx, single)?;
+            WriteOutcome {
+                seq,
+                rows_affected: done.rows_affected,
+                last_insert_id: done.last_insert_id,
+                statements: Vec::new(),
+            }
+        }
     };
     let stored = serde_json::to_string(&outcome).map_err(|e| DbError::Internal(e.to_string()))?;
     prune_writes(tx, at_ms)?;
@@ -603,6 +663,21 @@ fn apply(
     ])?;
     set_meta(tx, SEQ, seq)?;
     Ok(outcome)
+}
+
+/// Runs the statements of one write (not a transaction's bookkeeping).
+fn execute(tx: &Connection, request: &WriteRequest) -> Result<StatementOutcome, DbError> {
+    let mut rows_affected = 0u64;
+    for stmt in sql::write(request) {
+        let mut prepared = tx.prepare_cached(&stmt.sql)?;
+        rows_affected += prepared.execute(params_from_iter(stmt.params.iter()))? as u64;
+    }
+    let last_insert_id =
+        matches!(request, WriteRequest::Insert { .. }).then(|| tx.last_insert_rowid());
+    Ok(StatementOutcome {
+        rows_affected,
+        last_insert_id,
+    })
 }
 
 fn meta(conn: &Connection, key: &str) -> Result<u64, DbError> {
@@ -1120,5 +1195,150 @@ mod tests {
         }
         let s = Store::open(&path).expect("reopen");
         assert_eq!((s.seq(), s.epoch()), (1, 3));
+    }
+
+    fn txn(writes: &[WriteRequest]) -> WriteRequest {
+        WriteRequest::Transaction(writes.to_vec())
+    }
+
+    fn count(s: &Store, table: &str) -> i64 {
+        let out = s
+            .read(&r(&format!(r#"{{"table":"{table}","count":true}}"#)))
+            .expect("count");
+        out.rows[0]["count"].as_i64().unwrap_or(-1)
+    }
+
+    #[test]
+    fn a_transaction_commits_every_statement_under_one_seq() {
+        let mut master = Store::open_in_memory().expect("db");
+        let (first, _) = committed(master.commit("w0", 1, &user("a")).expect("commit"));
+        let t = txn(&[
+            user("b"),
+            ride(),
+            w(r#"{"table":"ride_members","insert":{"ride_id":1,"username":"b"}}"#),
+            w(
+                r#"{"table":"users","update":{"set":{"password":"q"},"where":{"username":{">=":"a"}}}}"#,
+            ),
+        ]);
+        let (entry, outcome) = committed(master.commit("t1", 1, &t).expect("commit"));
+        assert_eq!((entry.seq, outcome.seq, master.seq()), (2, 2, 2));
+        let per: Vec<(u64, Option<i64>)> = outcome
+            .statements
+            .iter()
+            .map(|s| (s.rows_affected, s.last_insert_id))
+            .collect();
+        assert_eq!(
+            per,
+            vec![(1, Some(2)), (1, Some(1)), (1, Some(1)), (2, None)]
+        );
+        assert_eq!((outcome.rows_affected, outcome.last_insert_id), (5, None));
+        assert_eq!(entry.request, t);
+        // Redelivered under its id: the first outcome, nothing applied again.
+        assert_eq!(
+            master.commit("t1", 1, &t).expect("dedup"),
+            Commit::Duplicate(outcome)
+        );
+        assert_eq!(master.seq(), 2);
+        // A replica applies the one entry, through its wire form, to the same data.
+        let mut replica = Store::open_in_memory().expect("db");
+        let wire: LogEntry =
+            serde_json::from_slice(&serde_json::to_vec(&entry).expect("ser")).expect("de");
+        assert_eq!(wire, entry);
+        for e in [&first, &wire] {
+            assert_eq!(replica.apply_sync(e).expect("apply"), SyncApplied::Applied);
+        }
+        assert_eq!(replica.seq(), 2);
+        assert_eq!(
+            replica.checksum().expect("sum"),
+            master.checksum().expect("sum")
+        );
+        assert_eq!(
+            (count(&replica, "users"), count(&replica, "ride_members")),
+            (2, 1)
+        );
+    }
+
+    #[test]
+    fn a_failing_statement_undoes_its_transaction_and_nothing_else() {
+        let mut s = Store::open_in_memory().expect("db");
+        s.commit("w0", 1, &user("a")).expect("commit");
+        let batch = vec![
+            ("w1".to_string(), user("b")),
+            (
+                "t".to_string(),
+                // The third statement conflicts: the first two go with it.
+                txn(&[user("c"), ride(), user("a"), user("d")]),
+            ),
+            ("w2".to_string(), user("e")),
+        ];
+        let results = s.commit_batch(1, &batch).expect("batch");
+        assert!(
+            matches!(&results[0], Ok(Commit::New(e, _)) if e.seq == 2),
+            "{results:?}"
+        );
+        match &results[1] {
+            Err(e @ DbError::Statement { index: 2, .. }) => {
+                assert!(matches!(e.cause(), DbError::Constraint(_)), "{e:?}");
+                assert!(
+                    e.to_string()
+                        .starts_with("statement 2 of the transaction (insert into users) failed"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&results[2], Ok(Commit::New(e, _)) if e.seq == 3),
+            "{results:?}"
+        );
+        assert_eq!(s.seq(), 3, "the transaction used no seq");
+        let names = s
+            .read(&r(
+                r#"{"table":"users","columns":["username"],"order_by":[{"column":"username"}]}"#,
+            ))
+            .expect("read");
+        let names: Vec<&str> = names
+            .rows
+            .iter()
+            .filter_map(|r| r["username"].as_str())
+            .collect();
+        assert_eq!(names, vec!["a", "b", "e"]);
+        assert_eq!(count(&s, "rides"), 0);
+        // Its key was not recorded: the same transaction, fixed, applies under it.
+        let (e, _) = committed(
+            s.commit("t", 1, &txn(&[user("c"), ride()]))
+                .expect("commit"),
+        );
+        assert_eq!(e.seq, 4);
+    }
+
+    #[test]
+    fn a_transaction_rolled_back_by_sqlite_fails_alone() {
+        let mut s = Store::open_in_memory().expect("db");
+        s.commit("u", 1, &user("a")).expect("commit");
+        exhaust_ride_ids(&s);
+        let batch = vec![
+            ("w1".to_string(), user("b")),
+            // SQLITE_FULL on its second statement: SQLite ends the whole transaction.
+            ("t".to_string(), txn(&[user("x"), ride(), user("y")])),
+            ("w2".to_string(), user("c")),
+            ("t2".to_string(), txn(&[user("d"), user("e")])),
+        ];
+        let results = s.commit_batch(1, &batch).expect("answered");
+        let seen: Vec<String> = results
+            .iter()
+            .map(|r| match r {
+                Ok(Commit::New(e, _)) => format!("new {}", e.seq),
+                Err(e @ DbError::Statement { index, .. }) => match e.cause() {
+                    DbError::Full(_) => format!("full at {index}"),
+                    other => format!("{other}"),
+                },
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seen, vec!["new 2", "full at 1", "new 3", "new 4"]);
+        assert_eq!(s.seq(), 4);
+        assert_eq!(count(&s, "users"), 5, "a, b, c, d and e; neither x nor y");
+        assert_eq!(count(&s, "rides"), 1, "only the seeded ride");
     }
 }

@@ -3,10 +3,16 @@
 //! timeout. It remembers the highest write sequence number it has seen and
 //! sends it as `min_seq` on every read, so a service always reads its own
 //! writes (create-then-list is deterministic).
+//!
+//! A call that got no answer (the DBaaS unreachable, a timeout, 502/503/504)
+//! is retried with capped exponential backoff and jitter, within a total
+//! [`Retry::budget`]. Every logical write carries its own `Idempotency-Key`
+//! (a fresh uuid), the same on each of its retries, so a write that was
+//! applied but whose answer was lost is answered, not applied, again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
@@ -102,13 +108,79 @@ impl Read {
     }
 }
 
+/// One write body of `db/write`; build with [`Write::insert`], [`Write::delete`],
+/// [`Write::clear`], and send one with [`DbaasClient::write`] or several, all
+/// or none, with [`DbaasClient::transaction`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Write(Json);
+
+impl Write {
+    /// One row (an object) or several (an array of objects).
+    pub fn insert(table: &str, values: Json) -> Write {
+        Write(json!({"table": table, "insert": values}))
+    }
+    /// The rows matching `filter` (a non-empty `where` object).
+    pub fn delete(table: &str, filter: Json) -> Write {
+        Write(json!({"table": table, "delete": filter}))
+    }
+    /// Every row of `table`.
+    pub fn clear(table: &str) -> Write {
+        Write(json!({"table": table, "clear": true}))
+    }
+}
+
 /// What a write reports.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct WriteOutcome {
     pub seq: u64,
     pub rows_affected: u64,
     #[serde(default)]
     pub last_insert_id: Option<i64>,
+    /// A transaction's outcome per write, in order; empty otherwise.
+    #[serde(default)]
+    pub statements: Vec<StatementOutcome>,
+}
+
+/// What one write of a transaction did.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct StatementOutcome {
+    pub rows_affected: u64,
+    #[serde(default)]
+    pub last_insert_id: Option<i64>,
+}
+
+/// How long and how often a call without an answer is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// The pause after the first failed attempt; it doubles after each
+    /// attempt, up to `max_delay`, and [`crate::backoff::jitter`] spreads it.
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    /// The most one attempt may take.
+    pub attempt_timeout: Duration,
+    /// The most all attempts of a call take together: no attempt runs past
+    /// it. Zero tries once.
+    pub budget: Duration,
+}
+
+impl Retry {
+    /// Attempts of `attempt_timeout` each, retried for `budget` in all.
+    pub fn new(attempt_timeout: Duration, budget: Duration) -> Retry {
+        Retry {
+            first_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(1),
+            attempt_timeout,
+            budget,
+        }
+    }
+}
+
+impl Default for Retry {
+    /// 10 s per attempt, 15 s in all (the services' defaults).
+    fn default() -> Retry {
+        Retry::new(Duration::from_secs(10), Duration::from_secs(15))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +197,7 @@ pub struct DbaasClient {
     http: reqwest::Client,
     base: String,
     seq: Arc<AtomicU64>,
+    retry: Retry,
 }
 
 /// An HTTP client with a total timeout per request (and a shorter connect timeout).
@@ -136,13 +209,21 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error>
 }
 
 impl DbaasClient {
-    /// `base` is the orchestrator's URL, e.g. `http://127.0.0.1:8000`.
+    /// `base` is the orchestrator's URL, e.g. `http://127.0.0.1:8000`; calls
+    /// are retried as [`Retry::default`] says until [`DbaasClient::with_retry`].
     pub fn new(http: reqwest::Client, base: &str) -> DbaasClient {
         DbaasClient {
             http,
             base: base.trim_end_matches('/').to_string(),
             seq: Arc::new(AtomicU64::new(0)),
+            retry: Retry::default(),
         }
+    }
+
+    /// This client with another retry policy.
+    pub fn with_retry(mut self, retry: Retry) -> DbaasClient {
+        self.retry = retry;
+        self
     }
 
     /// The highest sequence number this client's writes have produced.
@@ -166,19 +247,23 @@ impl DbaasClient {
 
     /// One page of rows matching `q`, read at or after this client's last
     /// write. If the replica cannot reach that point (503: no slave, or a
-    /// DBaaS restarted with fresh data), the read is retried once on the master.
+    /// DBaaS restarted with fresh data) or there is no answer, the read goes to
+    /// the master instead, retried within the budget.
     async fn read_page(&self, mut q: Read) -> Result<ReadOutcome, DbError> {
         let seq = self.seq();
         if seq > 0 {
             q.min_seq = Some(seq);
         }
-        let first = self.post("read", &q).await;
+        let started = Instant::now();
+        let first = self
+            .post("read", &q, None, self.retry.attempt_timeout)
+            .await;
         let body = match first {
             Err(DbError::Unavailable(why)) => {
-                tracing::warn!(%why, "read failed; retrying once on the master");
+                tracing::warn!(%why, "read failed; reading on the master");
                 q.min_seq = None;
                 q.consistency = Some("strong");
-                self.post("read", &q).await?
+                self.post_retrying("read", &q, None, started).await?
             }
             other => other?,
         };
@@ -195,30 +280,94 @@ impl DbaasClient {
     }
 
     pub async fn insert(&self, table: &str, values: Json) -> Result<WriteOutcome, DbError> {
-        self.write(json!({"table": table, "insert": values})).await
+        self.write(Write::insert(table, values)).await
     }
 
     pub async fn delete(&self, table: &str, filter: Json) -> Result<WriteOutcome, DbError> {
-        self.write(json!({"table": table, "delete": filter})).await
+        self.write(Write::delete(table, filter)).await
     }
 
     pub async fn clear(&self, table: &str) -> Result<WriteOutcome, DbError> {
-        self.write(json!({"table": table, "clear": true})).await
+        self.write(Write::clear(table)).await
     }
 
-    async fn write(&self, body: Json) -> Result<WriteOutcome, DbError> {
-        let answer = self.post("write", &body).await?;
+    /// Applies `w` once, however often it has to be sent.
+    pub async fn write(&self, w: Write) -> Result<WriteOutcome, DbError> {
+        self.write_keyed(&w, &uuid::Uuid::new_v4().to_string())
+            .await
+    }
+
+    /// Applies all of `writes` or none (one `transaction` write, one `seq`);
+    /// the outcome lists each write's. A failure names the failing write's
+    /// index (`statement i of the transaction ...`).
+    pub async fn transaction(&self, writes: Vec<Write>) -> Result<WriteOutcome, DbError> {
+        self.write(Write(json!({ "transaction": writes }))).await
+    }
+
+    /// Sends `w` under `key` until it is answered or the retry budget is
+    /// spent. The DBaaS applies a key once, so sending it again is safe.
+    pub async fn write_keyed(&self, w: &Write, key: &str) -> Result<WriteOutcome, DbError> {
+        let answer = self
+            .post_retrying("write", w, Some(key), Instant::now())
+            .await?;
         let out: WriteOutcome = serde_json::from_value(answer).map_err(unexpected)?;
         self.seq.fetch_max(out.seq, Ordering::SeqCst);
         Ok(out)
     }
 
-    async fn post(&self, op: &str, body: &impl Serialize) -> Result<Json, DbError> {
+    /// Posts `body` until it is answered, retrying what got no answer
+    /// ([`DbError::Unavailable`]) with capped, jittered exponential backoff
+    /// while the budget counted from `started` lasts.
+    async fn post_retrying(
+        &self,
+        op: &str,
+        body: &impl Serialize,
+        key: Option<&str>,
+        started: Instant,
+    ) -> Result<Json, DbError> {
+        let mut delay = self.retry.first_delay;
+        let mut attempts = 0u32;
+        loop {
+            let left = self.retry.budget.saturating_sub(started.elapsed());
+            // The first attempt always runs; later ones only within the budget.
+            let timeout = if attempts == 0 {
+                self.retry.attempt_timeout
+            } else {
+                self.retry.attempt_timeout.min(left)
+            };
+            attempts += 1;
+            let why = match self.post(op, body, key, timeout).await {
+                Err(DbError::Unavailable(why)) => why,
+                answered => return answered,
+            };
+            let pause = crate::backoff::jitter(delay);
+            if started.elapsed() + pause >= self.retry.budget {
+                return Err(DbError::Unavailable(format!(
+                    "{why} (tried {attempts} times in {:?})",
+                    started.elapsed()
+                )));
+            }
+            tracing::warn!(%why, attempts, ?pause, op, "no answer from the DBaaS; trying again");
+            tokio::time::sleep(pause).await;
+            delay = (delay * 2).min(self.retry.max_delay);
+        }
+    }
+
+    /// One attempt: an answer (the body of a 200, or the error the DBaaS
+    /// gave), or [`DbError::Unavailable`] when there was none to trust.
+    async fn post(
+        &self,
+        op: &str,
+        body: &impl Serialize,
+        key: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Json, DbError> {
         let url = format!("{}/api/v1/db/{op}", self.base);
-        let resp = self
-            .http
-            .post(&url)
-            .json(body)
+        let mut request = self.http.post(&url).json(body).timeout(timeout);
+        if let Some(key) = key {
+            request = request.header(crate::http::db::IDEMPOTENCY_KEY, key);
+        }
+        let resp = request
             .send()
             .await
             .map_err(|e| DbError::Unavailable(format!("{url}: {e}")))?;
@@ -283,7 +432,11 @@ mod tests {
         let c = DbaasClient::new(
             http_client(Duration::from_secs(2)).unwrap(),
             &format!("http://127.0.0.1:{port}/"),
-        );
+        )
+        .with_retry(Retry::new(
+            Duration::from_secs(2),
+            Duration::from_millis(300),
+        ));
         let e = c.read(Read::table("users")).await.unwrap_err();
         assert!(matches!(e, DbError::Unavailable(_)), "{e}");
         let api: ApiError = e.into();
@@ -293,5 +446,230 @@ mod tests {
             Err(DbError::Unavailable(_))
         ));
         assert_eq!(c.seq(), 0);
+    }
+
+    /// What the fake DBaaS saw of one request.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        path: String,
+        key: Option<String>,
+        body: Json,
+    }
+
+    type Log = Arc<std::sync::Mutex<Vec<Seen>>>;
+
+    /// Reads one request: its head's lines and its body (by Content-Length).
+    async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(Vec<String>, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head: Vec<String> = String::from_utf8_lossy(&buf[..end])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let length = head
+            .iter()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = buf[end..].to_vec();
+        while body.len() < length {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        Some((head, body))
+    }
+
+    /// A DBaaS stand-in answering each request with the next answer of
+    /// `script` (the last one repeats); status 0 closes the connection without
+    /// an answer, as when a reply is lost.
+    async fn fake_dbaas(script: Vec<(u16, Json)>) -> (String, Log) {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let log = Log::default();
+        let seen = log.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let Some((head, body)) = read_request(&mut stream).await else {
+                    continue;
+                };
+                let header = |name: &str| {
+                    head.iter().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                    })
+                };
+                seen.lock().expect("lock").push(Seen {
+                    path: head[0].split(' ').nth(1).unwrap_or_default().to_string(),
+                    key: header("idempotency-key"),
+                    body: serde_json::from_slice(&body).unwrap_or(Json::Null),
+                });
+                let (status, answer) = script[n.min(script.len() - 1)].clone();
+                n += 1;
+                if status == 0 {
+                    continue;
+                }
+                let text = answer.to_string();
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        (url, log)
+    }
+
+    fn client(url: &str, budget: Duration) -> DbaasClient {
+        DbaasClient::new(http_client(Duration::from_secs(5)).expect("client"), url)
+            .with_retry(Retry::new(Duration::from_secs(5), budget))
+    }
+
+    fn seen(log: &Log) -> Vec<Seen> {
+        log.lock().expect("lock").clone()
+    }
+
+    #[tokio::test]
+    async fn a_write_is_sent_again_under_its_key_until_answered() {
+        let (url, log) = fake_dbaas(vec![
+            (503, json!({"error": "the broker cannot be reached"})),
+            (0, Json::Null),
+            (504, json!({"error": "no master answered"})),
+            (
+                200,
+                json!({"seq": 7, "rows_affected": 1, "last_insert_id": 3}),
+            ),
+        ])
+        .await;
+        let c = client(&url, Duration::from_secs(10));
+        let out = c
+            .insert("users", json!({"username": "a", "password": "p"}))
+            .await
+            .expect("answered in the end");
+        assert_eq!((out.seq, out.last_insert_id), (7, Some(3)));
+        assert_eq!(c.seq(), 7);
+        let attempts = seen(&log);
+        assert_eq!(attempts.len(), 4, "{attempts:?}");
+        let key = attempts[0].key.clone().expect("a key");
+        assert!(uuid::Uuid::parse_str(&key).is_ok(), "{key}");
+        for a in &attempts {
+            assert_eq!(a.path, "/api/v1/db/write");
+            assert_eq!(
+                a.key.as_deref(),
+                Some(key.as_str()),
+                "the same key each time"
+            );
+            assert_eq!(a.body, attempts[0].body);
+        }
+        // The next logical write has a key of its own.
+        c.delete("users", json!({"username": "a"}))
+            .await
+            .expect("answered");
+        let attempts = seen(&log);
+        assert_eq!(attempts.len(), 5);
+        assert!(
+            attempts[4].key.as_ref().is_some_and(|k| *k != key),
+            "{attempts:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn answers_are_not_retried() {
+        let (url, log) = fake_dbaas(vec![
+            (409, json!({"error": "constraint violated: UNIQUE"})),
+            (
+                422,
+                json!({"error": "this Idempotency-Key was already used"}),
+            ),
+            (400, json!({"error": "unknown table"})),
+        ])
+        .await;
+        let c = client(&url, Duration::from_secs(10));
+        let users = json!({"username": "a", "password": "p"});
+        assert!(matches!(
+            c.insert("users", users.clone()).await,
+            Err(DbError::Conflict(_))
+        ));
+        assert!(matches!(
+            c.insert("users", users.clone()).await,
+            Err(DbError::Failed { status: 422, .. })
+        ));
+        assert!(matches!(
+            c.read(Read::table("users")).await,
+            Err(DbError::Failed { status: 400, .. })
+        ));
+        assert_eq!(seen(&log).len(), 3, "one attempt each");
+        assert_eq!(c.seq(), 0);
+    }
+
+    #[tokio::test]
+    async fn retries_end_within_the_budget() {
+        let (url, log) = fake_dbaas(vec![(503, json!({"error": "no master"}))]).await;
+        let budget = Duration::from_millis(400);
+        let c = client(&url, budget);
+        let started = Instant::now();
+        let e = c
+            .transaction(vec![Write::clear("rides")])
+            .await
+            .expect_err("never answered");
+        let took = started.elapsed();
+        assert!(
+            matches!(&e, DbError::Unavailable(m) if m.contains("tried")),
+            "{e}"
+        );
+        assert!(took < budget + Duration::from_millis(200), "{took:?}");
+        let attempts = seen(&log);
+        assert!(attempts.len() >= 3, "backed off and retried: {attempts:?}");
+        assert_eq!(
+            attempts[0].body,
+            json!({"transaction": [{"table": "rides", "clear": true}]})
+        );
+        // No retry at all with no budget.
+        let once = client(&url, Duration::ZERO);
+        assert!(once.clear("rides").await.is_err());
+        assert_eq!(seen(&log).len(), attempts.len() + 1);
+    }
+
+    #[tokio::test]
+    async fn a_read_the_replica_cannot_serve_goes_to_the_master_and_is_retried() {
+        let (url, log) = fake_dbaas(vec![
+            (200, json!({"seq": 4, "rows_affected": 1})),
+            (503, json!({"error": "replica behind min_seq"})),
+            (503, json!({"error": "the broker cannot be reached"})),
+            (200, json!({"rows": [{"username": "a"}], "seq": 4})),
+        ])
+        .await;
+        let c = client(&url, Duration::from_secs(10));
+        c.clear("users").await.expect("write");
+        let rows = c.read(Read::table("users")).await.expect("read");
+        assert_eq!(rows.len(), 1);
+        let attempts = seen(&log);
+        assert_eq!(attempts.len(), 4, "{attempts:?}");
+        assert_eq!(attempts[1].body["min_seq"], 4);
+        assert_eq!(attempts[1].key, None, "reads carry no key");
+        for a in &attempts[2..] {
+            assert_eq!(a.body["consistency"], "strong", "{a:?}");
+            assert_eq!(a.body["min_seq"], Json::Null, "{a:?}");
+        }
     }
 }

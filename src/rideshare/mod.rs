@@ -5,7 +5,8 @@
 //! # Layout
 //! - [`users`], [`rides`]: each service's handlers, routes and `run`.
 //! - [`dbaas_client`]: the typed, time-limited HTTP client to the DBaaS, with
-//!   read-your-writes through `min_seq`.
+//!   read-your-writes through `min_seq`, transactions, and retries that send
+//!   a write's `Idempotency-Key` again so it is applied once.
 //! - [`counter`]: the `_count` request counter and its routes.
 //! - [`validate`]: parsing of timestamps, passwords, areas, ids, usernames.
 //! - [`web`]: request bodies (JSON or form), 405/404 answers.

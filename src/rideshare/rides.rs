@@ -16,7 +16,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value as Json};
 
 use super::counter::{self, count_requests};
-use super::dbaas_client::{http_client, DbError, DbaasClient, Read, Row};
+use super::dbaas_client::{http_client, DbError, DbaasClient, Read, Retry, Row, Write};
 use super::error::ApiError;
 use super::validate::{self, Fields};
 use super::web::{empty, not_found, read_fields, resource, serve};
@@ -34,6 +34,9 @@ pub struct Config {
     pub users_url: String,
     /// This service's public address, sent as `Origin` to the users service.
     pub origin: String,
+    /// How long a DBaaS call without an answer is retried in all (see
+    /// [`super::dbaas_client::Retry`]).
+    pub retry_budget: Duration,
     /// Timeout of each call to the DBaaS and the users service.
     pub timeout: Duration,
 }
@@ -271,10 +274,13 @@ async fn count(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json([n]))
 }
 
-/// `POST /api/v1/db/clear` → 200 `{}`: removes every ride and membership.
+/// `POST /api/v1/db/clear` → 200 `{}`: removes every ride and membership
+/// (one transaction).
 async fn clear(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
-    state.db.clear("ride_members").await?;
-    state.db.clear("rides").await?;
+    state
+        .db
+        .transaction(vec![Write::clear("ride_members"), Write::clear("rides")])
+        .await?;
     Ok(empty(StatusCode::OK))
 }
 
@@ -317,7 +323,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let http = http_client(config.timeout)?;
     let state = web::Data::new(State {
-        db: DbaasClient::new(http.clone(), &config.dbaas_url),
+        db: DbaasClient::new(http.clone(), &config.dbaas_url)
+            .with_retry(Retry::new(config.timeout, config.retry_budget)),
         users: UsersApi::new(http, &config.users_url, &config.origin)?,
     });
     tracing::info!(

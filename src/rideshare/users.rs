@@ -9,7 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value as Json};
 
 use super::counter::{self, count_requests};
-use super::dbaas_client::{http_client, DbError, DbaasClient, Read};
+use super::dbaas_client::{http_client, DbError, DbaasClient, Read, Retry, Write};
 use super::error::ApiError;
 use super::validate;
 use super::web::{empty, not_found, read_fields, resource, serve};
@@ -23,6 +23,9 @@ pub struct Config {
     pub http: crate::config::HttpLimits,
     /// The DBaaS orchestrator's base URL.
     pub dbaas_url: String,
+    /// How long a DBaaS call without an answer is retried in all (see
+    /// [`super::dbaas_client::Retry`]).
+    pub retry_budget: Duration,
     /// Timeout of each call to the DBaaS.
     pub timeout: Duration,
 }
@@ -77,7 +80,8 @@ async fn list(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
 }
 
 /// `DELETE /api/v1/users/{username}` → 200 `{}`; unknown → 400. The user's
-/// memberships and the rides they created go with them.
+/// memberships and the rides they created (with their members) go with them,
+/// in one transaction: all of it is gone, or nothing is.
 async fn remove(
     state: web::Data<State>,
     username: web::Path<String>,
@@ -85,22 +89,21 @@ async fn remove(
     let username = username.into_inner();
     let out = state
         .db
-        .delete("users", json!({ "username": username }))
+        .transaction(vec![
+            Write::delete("users", json!({ "username": username })),
+            Write::delete("ride_members", json!({ "username": username })),
+            Write::delete("rides", json!({ "created_by": username })),
+        ])
         .await?;
-    if out.rows_affected == 0 {
+    // The first statement removed the user, or there was none (then rides
+    // and memberships naming them, left by a race with a deletion, go too).
+    let removed = out.statements.first().map_or(0, |s| s.rows_affected);
+    if removed == 0 {
         return Err(ApiError::bad_request(format!(
             "no such user {:?}",
             validate::preview(&username)
         )));
     }
-    state
-        .db
-        .delete("ride_members", json!({ "username": username }))
-        .await?;
-    state
-        .db
-        .delete("rides", json!({ "created_by": username }))
-        .await?;
     Ok(empty(StatusCode::OK))
 }
 
@@ -141,7 +144,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let http = http_client(config.timeout)?;
     let state = web::Data::new(State {
-        db: DbaasClient::new(http, &config.dbaas_url),
+        db: DbaasClient::new(http, &config.dbaas_url)
+            .with_retry(Retry::new(config.timeout, config.retry_budget)),
     });
     tracing::info!(bind = %config.bind, dbaas = %config.dbaas_url, "users service starting");
     serve("users", &config.bind, config.http, state, routes).await
