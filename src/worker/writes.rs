@@ -265,16 +265,12 @@ async fn answer(
         let confirms = group
             .iter_mut()
             .flat_map(|b| std::mem::take(&mut b.confirms));
-        let confirmed = tokio::time::timeout(
-            CONFIRM_PATIENCE,
-            futures_util::future::join_all(confirms),
-        )
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "no confirm from the broker for syncQ (or writeQ.dead) within {CONFIRM_PATIENCE:?}"
-            )
-        })?;
+        let confirmed =
+            tokio::time::timeout(CONFIRM_PATIENCE, futures_util::future::join_all(confirms))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("no confirm for syncQ/writeQ.dead within {CONFIRM_PATIENCE:?}")
+                })?;
         for c in confirmed {
             let c = c?;
             if !c.is_ack() {
