@@ -5,6 +5,7 @@ mod common;
 mod compose;
 mod containers;
 mod data_path;
+mod dead_letters;
 mod docs;
 mod failover;
 mod faults;

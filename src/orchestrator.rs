@@ -157,10 +157,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         vec![election.clone().recipient(), supervisor.clone().recipient()],
         Duration::from_millis(500),
     ));
+    let (dead_tx, dead_writes) = tokio::sync::watch::channel(None);
     actix::spawn(broker_session(
         config.amqp_url.clone(),
         dispatcher.clone(),
         waiter.clone(),
+        dead_tx,
     ));
 
     let state = web::Data::new(AppState {
@@ -173,6 +175,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         scaler,
         timeout: config.request_timeout,
         metrics,
+        dead_writes,
     });
     let limits = config.http;
     let server = HttpServer::new(move || {
@@ -208,21 +211,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Dispatcher's publishing channels and the `responseQ` consumer feeding the
 /// `RpcWaiter`. When the connection breaks, publishing stops at once (503) and
 /// every request waiting for a reply is told (its reply cannot come), then it
-/// reconnects with backoff.
+/// reconnects with backoff. It also watches how many writes wait in
+/// `writeQ.dead` (`dead`: None while unknown).
 async fn broker_session(
     url: String,
     dispatcher: Addr<Dispatcher<AmqpPublisher>>,
     waiter: Addr<RpcWaiter>,
+    dead: tokio::sync::watch::Sender<Option<u32>>,
 ) {
+    let dead = Arc::new(dead);
     broker::link::maintain(url, "orchestrator".into(), move |conn| {
         let dispatcher = dispatcher.clone();
         let waiter = waiter.clone();
+        let dead = dead.clone();
         async move {
-            let why = match serve_broker(&conn, &dispatcher, &waiter).await {
+            let why = match serve_broker(&conn, &dispatcher, &waiter, &dead).await {
                 Ok(why) => why,
                 Err(e) => format!("setting up the session failed: {e}"),
             };
             dispatcher.do_send(SetPublisher(None));
+            dead.send_replace(None);
             waiter.do_send(Abandon {
                 reason: "the connection to RabbitMQ was lost".into(),
             });
@@ -238,6 +246,7 @@ async fn serve_broker(
     conn: &lapin::Connection,
     dispatcher: &Addr<Dispatcher<AmqpPublisher>>,
     waiter: &Addr<RpcWaiter>,
+    dead: &tokio::sync::watch::Sender<Option<u32>>,
 ) -> anyhow::Result<String> {
     let publisher = AmqpPublisher {
         reads: conn.create_channel().await?,
@@ -257,10 +266,34 @@ async fn serve_broker(
         .await?;
     dispatcher.send(SetPublisher(Some(publisher))).await?;
     info!("RabbitMQ session up: publishing and consuming responseQ");
+    let counting = conn.create_channel().await?;
     Ok(tokio::select! {
         why = feed_replies(consumer, waiter) => why,
         why = broker::link::broken(conn) => why,
+        why = count_dead_writes(&counting, dead) => why,
     })
+}
+
+/// How often the depth of `writeQ.dead` is read.
+const DEAD_WRITES_EVERY: Duration = Duration::from_secs(1);
+
+/// Reads the depth of `writeQ.dead` every [`DEAD_WRITES_EVERY`] into `dead`
+/// and the `dbaas_dead_writes` gauge; returns why it could not.
+async fn count_dead_writes(
+    channel: &lapin::Channel,
+    dead: &tokio::sync::watch::Sender<Option<u32>>,
+) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), broker::dead::depth(channel)).await {
+            Ok(Ok(n)) => {
+                crate::prometheus::dead_writes(n);
+                dead.send_replace(Some(n));
+            }
+            Ok(Err(e)) => return format!("counting writeQ.dead failed: {e}"),
+            Err(_) => return "counting writeQ.dead timed out".into(),
+        }
+        tokio::time::sleep(DEAD_WRITES_EVERY).await;
+    }
 }
 
 /// Feeds every reply on `responseQ` to the `RpcWaiter`; returns why the
@@ -301,6 +334,7 @@ pub fn worker_env(config: &Config) -> Vec<(String, String)> {
         "DBAAS_SYNC_MAX_BYTES",
         "DBAAS_SYNC_SEGMENT_BYTES",
         "DBAAS_SYNC_MAX_AGE",
+        broker::dead::DELIVERY_LIMIT_ENV,
     ] {
         if let Ok(v) = std::env::var(passthrough) {
             env.push((passthrough.to_string(), v));

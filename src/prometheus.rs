@@ -90,6 +90,11 @@ pub fn worker_stopped(cause: &'static str) {
     counter!("dbaas_workers_stopped_total", "cause" => cause).increment(1);
 }
 
+/// Writes waiting in `writeQ.dead` (quarantined poison writes).
+pub fn dead_writes(n: u32) {
+    gauge!("dbaas_dead_writes").set(f64::from(n));
+}
+
 pub fn scaler_decision(reads: u64, slaves: usize) {
     counter!("dbaas_scaler_decisions_total").increment(1);
     gauge!("dbaas_scaler_last_interval_reads").set(reads as f64);

@@ -6,12 +6,19 @@
 //! dbaasctl crash master|slave       kill a worker through the crash API
 //! dbaasctl read '{"table":"users"}' run a read, print the rows as a table
 //! dbaasctl write '{...}'            run a write, print its seq
+//! dbaasctl dead list                quarantined writes in writeQ.dead (they stay)
+//! dbaasctl dead retry <id>|--all    put them back on writeQ, fresh
+//! dbaasctl dead drop <id>|--all     remove them for good
 //! ```
+//!
+//! `dead` talks to RabbitMQ itself (`--amqp-url`, `DBAAS_AMQP_URL`): the
+//! orchestrator's HTTP API has no operation that changes queues.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use dbaas::broker::dead::{self, DeadWrite, Select};
 use serde_json::Value;
 
 #[derive(Parser, Debug)]
@@ -39,6 +46,51 @@ enum Command {
     Read { body: String },
     /// Run a write (JSON body of POST /api/v1/db/write).
     Write { body: String },
+    /// Quarantined (poison) writes waiting in writeQ.dead.
+    Dead {
+        /// RabbitMQ URL (with the vhost) of the DBaaS.
+        #[arg(
+            long,
+            env = "DBAAS_AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        )]
+        amqp_url: String,
+        #[command(subcommand)]
+        action: DeadAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadAction {
+    /// Print each dead write: id, what it does, deliveries, reason, time. They stay.
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish dead writes to writeQ again (a fresh delivery count), then remove them.
+    Retry(Which),
+    /// Remove dead writes for good.
+    Drop(Which),
+}
+
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+struct Which {
+    /// The write id, as `dead list` shows it.
+    write_id: Option<String>,
+    /// Every dead write.
+    #[arg(long)]
+    all: bool,
+}
+
+impl Which {
+    fn select(&self) -> Select {
+        match &self.write_id {
+            Some(id) if !self.all => Select::WriteId(id.clone()),
+            _ => Select::All,
+        }
+    }
 }
 
 async fn call(
@@ -99,10 +151,85 @@ fn table(header: &[String], rows: &[Vec<String>]) {
     }
 }
 
+fn dead_rows(writes: &[DeadWrite]) -> Vec<Vec<String>> {
+    writes
+        .iter()
+        .map(|w| {
+            vec![
+                w.write_id.clone(),
+                w.what.clone(),
+                w.deliveries.map_or("?".into(), |n| n.to_string()),
+                w.at.clone().unwrap_or_else(|| "?".into()),
+                w.reason.clone(),
+            ]
+        })
+        .collect()
+}
+
+/// `dbaasctl dead ...`, against RabbitMQ.
+async fn dead(amqp_url: &str, action: DeadAction) -> Result<(), String> {
+    let props = lapin::ConnectionProperties::default().with_connection_name("dbaasctl".into());
+    let conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        lapin::Connection::connect(&dbaas::broker::with_heartbeat(amqp_url), props),
+    )
+    .await
+    .map_err(|_| format!("{amqp_url}: connecting timed out"))?
+    .map_err(|e| format!("{amqp_url}: {e}"))?;
+    let header = [
+        "WRITE ID",
+        "WRITE",
+        "DELIVERIES",
+        "QUARANTINED AT",
+        "REASON",
+    ]
+    .map(String::from);
+    let outcome = match action {
+        DeadAction::List { json } => dead::list(&conn).await.map(|writes| {
+            if json {
+                for w in &writes {
+                    println!("{}", serde_json::to_string(w).unwrap_or_default());
+                }
+            } else if writes.is_empty() {
+                println!("writeQ.dead is empty");
+            } else {
+                table(&header, &dead_rows(&writes));
+            }
+        }),
+        DeadAction::Retry(which) => {
+            let select = which.select();
+            dead::retry(&conn, &select)
+                .await
+                .and_then(|done| report("retried (back on writeQ)", &select, &done))
+        }
+        DeadAction::Drop(which) => {
+            let select = which.select();
+            dead::drop_writes(&conn, &select)
+                .await
+                .and_then(|done| report("dropped", &select, &done))
+        }
+    };
+    let _ = conn.close(200, "done".into()).await;
+    outcome.map_err(|e| format!("writeQ.dead: {e}"))
+}
+
+/// Prints what a `retry` or `drop` did; naming a write that is not there is an error.
+fn report(verb: &str, select: &Select, done: &[DeadWrite]) -> anyhow::Result<()> {
+    if let (Select::WriteId(id), true) = (select, done.is_empty()) {
+        return Err(anyhow::anyhow!("no dead write with id {id}"));
+    }
+    for w in done {
+        println!("{verb}: {} ({})", w.write_id, w.what);
+    }
+    println!("{} write(s) {verb}", done.len());
+    Ok(())
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let http = reqwest::Client::new();
     let base = args.url.trim_end_matches('/').to_string();
     match args.command {
+        Command::Dead { amqp_url, action } => dead(&amqp_url, action).await?,
         Command::Workers => {
             let s = call(
                 &http,

@@ -1,12 +1,15 @@
 //! RabbitMQ: the queue names, the topology every process declares, connecting
 //! with retries, and the messages that travel on the queues.
 //!
-//! - `readQ`, `writeQ`: durable work queues (round-robin among consumers, manual acks).
+//! - `readQ`: a durable work queue (round-robin among consumers, manual acks).
+//! - `writeQ`: a durable quorum queue with a delivery limit; poison writes end in
+//!   `writeQ.dead` (see [`dead`]).
 //! - `responseQ`: the orchestrator's reply queue (RPC pattern, correlation ids).
 //! - `syncQ`: a RabbitMQ *stream*: an append-only log every replica reads in full
 //!   from its own offset, so every slave sees every write in the same order and a
 //!   new slave can start reading from where its snapshot ends.
 
+pub mod dead;
 pub mod link;
 pub mod messages;
 
@@ -100,7 +103,8 @@ pub async fn open_once(url: &str, name: &str) -> anyhow::Result<Connection> {
     .map_err(|_| anyhow::anyhow!("connection attempt timed out"))??;
     let declared = tokio::time::timeout(Duration::from_secs(10), async {
         declare_topology(&conn.create_channel().await?).await?;
-        declare_sync_stream(&conn).await
+        declare_sync_stream(&conn).await?;
+        dead::declare(&conn).await
     })
     .await
     .map_err(|_| anyhow::anyhow!("declaring the queues timed out"));
@@ -108,7 +112,7 @@ pub async fn open_once(url: &str, name: &str) -> anyhow::Result<Connection> {
         Ok(Ok(())) => Ok(conn),
         Ok(Err(e)) => {
             let _ = conn.close(200, "topology not ready".into()).await;
-            Err(e.into())
+            Err(e)
         }
         Err(e) => {
             let _ = conn.close(200, "topology not ready".into()).await;
@@ -125,13 +129,14 @@ fn failure_class(e: &anyhow::Error) -> String {
         .collect()
 }
 
-/// Declares the four queues (idempotent: every process declares them).
+/// Declares the queues but `writeQ` and `writeQ.dead`, which [`dead::declare`]
+/// declares (idempotent: every process declares them).
 pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    for q in [READ_Q, WRITE_Q, RESPONSE_Q, MASTER_READ_Q, SNAPSHOT_Q] {
+    for q in [READ_Q, RESPONSE_Q, MASTER_READ_Q, SNAPSHOT_Q] {
         channel
             .queue_declare(q.into(), durable, FieldTable::default())
             .await?;

@@ -37,6 +37,8 @@ pub struct AppState {
     pub timeout: Duration,
     /// Renders `/metrics` (None: no recorder installed).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Writes waiting in `writeQ.dead` (None: not known, no broker session).
+    pub dead_writes: tokio::sync::watch::Receiver<Option<u32>>,
 }
 
 /// A resource that serves `method` and answers 405 to everything else.

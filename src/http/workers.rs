@@ -57,6 +57,8 @@ struct Status {
     workers: Vec<WorkerStatus>,
     supervisor: SupervisorStatus,
     scaler: ScalerStatus,
+    /// Quarantined writes waiting in `writeQ.dead` (null: RabbitMQ unreachable).
+    dead_writes: Option<u32>,
 }
 
 pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -88,6 +90,7 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         workers,
         supervisor: state.supervisor.send(GetSupervisorStatus).await?,
         scaler: state.scaler.send(GetScalerStatus).await?,
+        dead_writes: *state.dead_writes.borrow(),
     }))
 }
 

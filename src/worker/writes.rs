@@ -9,23 +9,35 @@
 //! Batches overlap: the next one is committed and published while the earlier
 //! ones wait for their confirms ([`IN_FLIGHT`] at most). A write redelivered
 //! after a crash is recognised by its write id and not applied twice.
+//!
+//! Poison writes ([`quarantine`]): a new master first takes `writeQ` one
+//! delivery at a time, for as long as the deliveries are suspects (writes that
+//! came back unanswered more than once), and switches to batches at the first
+//! delivery that is not. A delivery that came back as often as the limit is
+//! not applied: it is published to `writeQ.dead` (confirmed with the batch's
+//! `syncQ` entries) and answered with an error in its place in the batch.
 
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
+};
 use lapin::types::FieldTable;
 use lapin::PublisherConfirm;
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+
+mod quarantine;
 
 use super::fence::Fence;
 use super::WorkerState;
 use crate::broker::messages::{ErrorReply, Reply, SyncMessage, WriteMessage};
-use crate::broker::{self, SYNC_Q, WRITE_Q};
+use crate::broker::{self, dead, SYNC_Q, WRITE_Q};
 use crate::db::{Commit, DbError};
+use quarantine::Verdict;
 
 /// Writes committed together at most.
 pub const MAX_BATCH: usize = 64;
@@ -55,9 +67,58 @@ pub async fn run(
     fence: Fence,
     acked: watch::Sender<u64>,
 ) -> anyhow::Result<()> {
-    let channel = broker::consumer_channel(conn, (MAX_BATCH * IN_FLIGHT) as u16).await?;
     let sync = broker::confirmed_channel(conn).await?;
     let replies = conn.create_channel().await?;
+    let (committed, to_answer) = mpsc::channel(IN_FLIGHT);
+    let mut answering = tokio::spawn(answer(to_answer, fence, replies, acked));
+    let limit = dead::write_delivery_limit();
+
+    // One at a time while the deliveries are suspects: a write that kills this
+    // master takes nothing else back to writeQ with it. The channel stays open
+    // (dropping it would close it) until its last delivery is acked.
+    let careful = broker::consumer_channel(conn, 1).await?;
+    let mut one_by_one = careful
+        .basic_consume(
+            WRITE_Q.into(),
+            format!("writes-{}-careful", state.pid).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    loop {
+        let delivery = tokio::select! {
+            biased;
+            ended = &mut answering => return Err(answering_ended(ended)),
+            next = one_by_one.next() => next,
+        };
+        let Some(delivery) = delivery else {
+            return Err(anyhow::anyhow!("writeQ consumer ended"));
+        };
+        let delivery = delivery?;
+        let count = dead::delivery_count(&delivery.properties);
+        let verdict = quarantine::verdict(count, limit);
+        if verdict == Verdict::Apply {
+            // Not a suspect: no further delivery comes to this consumer (the
+            // one in hand is still answered and acked on its channel).
+            careful
+                .basic_cancel(one_by_one.tag(), BasicCancelOptions::default())
+                .await?;
+        } else if verdict == Verdict::Suspect {
+            info!(
+                count,
+                "a write that came back unanswered: applying it alone"
+            );
+        }
+        let batch = commit_and_publish(&state, &sync, epoch, limit, vec![delivery]).await?;
+        if committed.send(batch).await.is_err() {
+            return Err(answering_ended(answering.await));
+        }
+        if verdict == Verdict::Apply {
+            break;
+        }
+    }
+
+    let channel = broker::consumer_channel(conn, (MAX_BATCH * IN_FLIGHT) as u16).await?;
     let mut consumer = channel
         .basic_consume(
             WRITE_Q.into(),
@@ -66,8 +127,6 @@ pub async fn run(
             FieldTable::default(),
         )
         .await?;
-    let (committed, to_answer) = mpsc::channel(IN_FLIGHT);
-    let mut answering = tokio::spawn(answer(to_answer, fence, replies, acked));
     loop {
         let first = tokio::select! {
             biased;
@@ -82,26 +141,46 @@ pub async fn run(
                 _ => break,
             }
         }
-        let batch = commit_and_publish(&state, &sync, epoch, deliveries).await?;
+        let batch = commit_and_publish(&state, &sync, epoch, limit, deliveries).await?;
         if committed.send(batch).await.is_err() {
             return Err(answering_ended(answering.await));
         }
     }
+    drop(careful);
     Err(anyhow::anyhow!("writeQ consumer ended"))
 }
 
-/// Parses, commits in one transaction, and publishes the new entries on `syncQ`
-/// (without waiting for the confirms).
+/// Quarantines the deliveries that came back `limit` times, parses and commits
+/// the others in one transaction, and publishes the new entries on `syncQ`
+/// (without waiting for the confirms; the quarantined writes' publishes to
+/// `writeQ.dead` are confirmed with them).
 async fn commit_and_publish(
     state: &WorkerState,
     sync: &Channel,
     epoch: u64,
+    limit: u64,
     deliveries: Vec<Delivery>,
 ) -> anyhow::Result<Committed> {
-    // Unreadable messages are answered with 400 and take no part.
+    // Quarantined and unreadable messages are answered with an error and take no part.
     let mut parsed: Vec<Option<Reply>> = Vec::with_capacity(deliveries.len());
     let mut writes = Vec::new();
+    let mut confirms = Vec::new();
     for delivery in &deliveries {
+        let count = dead::delivery_count(&delivery.properties);
+        if quarantine::verdict(count, limit) == Verdict::Quarantine {
+            let write_id = serde_json::from_slice::<serde_json::Value>(&delivery.data)
+                .ok()
+                .and_then(|v| v["write_id"].as_str().map(String::from));
+            warn!(
+                write_id = write_id.as_deref().unwrap_or("?"),
+                count,
+                request_id = broker::request_id(&delivery.properties).unwrap_or_default(),
+                "quarantining a write that came back unanswered {count} times: to writeQ.dead"
+            );
+            confirms.push(quarantine::publish(sync, delivery, count, state.pid).await?);
+            parsed.push(Some(quarantine::refusal(write_id.as_deref(), count)));
+            continue;
+        }
         match serde_json::from_slice::<WriteMessage>(&delivery.data) {
             Ok(msg) => {
                 writes.push((msg.write_id, msg.request));
@@ -110,9 +189,12 @@ async fn commit_and_publish(
             Err(e) => parsed.push(Some(Reply::Error(ErrorReply::bad_request(e.to_string())))),
         }
     }
-    let results = state.replica.commit_batch(epoch, writes).await?;
+    let results = if writes.is_empty() {
+        Vec::new()
+    } else {
+        state.replica.commit_batch(epoch, writes).await?
+    };
 
-    let mut confirms = Vec::new();
     let mut last_seq = 0;
     for result in &results {
         if let Ok(Commit::New(entry, _)) = result {
@@ -187,15 +269,13 @@ async fn answer(
             tokio::time::timeout(CONFIRM_PATIENCE, futures_util::future::join_all(confirms))
                 .await
                 .map_err(|_| {
-                    anyhow::anyhow!(
-                        "no confirm from the broker for syncQ within {CONFIRM_PATIENCE:?}"
-                    )
+                    anyhow::anyhow!("no confirm for syncQ/writeQ.dead within {CONFIRM_PATIENCE:?}")
                 })?;
         for c in confirmed {
             let c = c?;
             if !c.is_ack() {
                 return Err(anyhow::anyhow!(
-                    "broker refused a syncQ entry (batches up to seq {last_seq}): {c:?}"
+                    "broker refused a syncQ entry or a quarantined write (batches up to seq {last_seq}): {c:?}"
                 ));
             }
         }
@@ -221,8 +301,11 @@ async fn answer(
                 warn!(error = %e, "could not send write reply");
             }
         }
-        // Earlier batches are acked already: this acks exactly this group.
-        if let Some(last) = group.last().and_then(|b| b.deliveries.last()) {
+        // Earlier batches are acked already: this acks exactly this group. A
+        // batch's deliveries come on one channel, not always the same as the
+        // next batch's (a new master's first ones come one by one), so each
+        // batch acks its own.
+        for last in group.iter().filter_map(|b| b.deliveries.last()) {
             last.ack(BasicAckOptions { multiple: true }).await?;
         }
         acked.send_if_modified(|a| {
