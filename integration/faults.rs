@@ -97,6 +97,7 @@ async fn rabbitmq_stopped_and_started_the_service_comes_back() {
     let o = start("rmq-restart", &brokers).await;
     let names = write_users(&o, "before", 10).await;
     assert_eq!(o.get_json("/api/v1/ready").await.0, 200);
+    let slave = crate::common::slave_pids(&o.status().await)[0];
 
     brokers.stop_rabbitmq();
     // Without a broker, requests fail at once (not after the deadline) and
@@ -120,6 +121,20 @@ async fn rabbitmq_stopped_and_started_the_service_comes_back() {
 
     brokers.start_rabbitmq();
     recovers(&o, names, "rabbitmq-restart").await;
+    // The slave rode it out: same process, reconnected, resumed its copy.
+    let pids = o.pids().await;
+    assert!(
+        pids.contains(&slave),
+        "slave {slave} still serves: {pids:?}"
+    );
+    let log = std::fs::read_to_string(
+        o.dir
+            .path()
+            .join("logs")
+            .join(format!("worker-{slave}.log")),
+    )
+    .unwrap_or_default();
+    assert!(log.contains("reconnected to RabbitMQ"), "{log}");
 }
 
 /// Not in `scripts/test`: after a SIGKILL, RabbitMQ 3.10 sometimes refuses the

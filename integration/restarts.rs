@@ -56,18 +56,28 @@ async fn a_copy_behind_the_logs_retention_is_replaced_from_a_snapshot() {
     let ns = o.ns.clone();
     let mut names = write_users(&o, "first", 20).await;
     o.stop();
-    // One copy is kept aside while the others move on.
+    // One copy (its database and write-ahead log) is kept aside while the
+    // others move on.
     let behind = data.path().join("slot-2.sqlite");
-    let kept = data.path().join("kept.sqlite");
-    std::fs::copy(&behind, &kept).expect("keep slot 2's copy");
+    let kept = tempfile::tempdir().expect("tempdir");
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        for suffix in ["", "-wal"] {
+            let source = format!("{}{suffix}", from.display());
+            let target = format!("{}{suffix}", to.display());
+            let _ = std::fs::remove_file(&target);
+            if std::path::Path::new(&source).exists() {
+                std::fs::copy(&source, &target).expect("copy a copy");
+            }
+        }
+        let _ = std::fs::remove_file(format!("{}-shm", to.display()));
+    };
+    let aside = kept.path().join("slot-2.sqlite");
+    copy(&behind, &aside);
 
     let mut o = Orchestrator::start("retention", opts(Some(ns.clone()))).await;
     names.extend(write_users(&o, "second", 600).await);
     o.stop();
-    std::fs::copy(&kept, &behind).expect("put the old copy back");
-    for suffix in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", behind.display()));
-    }
+    copy(&aside, &behind);
 
     let o = Orchestrator::spawn("retention", &opts(Some(ns))).await;
     let status = wait_until(

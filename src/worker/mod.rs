@@ -2,8 +2,11 @@
 //! copy, applies the `syncQ` stream to it, serves `readQ` while it is a slave, and
 //! when ZooKeeper's election makes it master it first reads the stream up to its
 //! own barrier (so it has everything earlier masters published) and then serves
-//! `writeQ`. Any broken invariant ends the process (crash-only): the orchestrator's
-//! supervisor starts a fresh replica in its place.
+//! `writeQ`. Its copy is named by a slot ([`slot`]), so a worker started after
+//! it resumes the copy instead of copying everything again. A slave that loses
+//! RabbitMQ reconnects and resumes the log where it stopped; any other broken
+//! invariant ends the process (crash-only): the orchestrator's supervisor
+//! starts a replica in its place, which resumes this slot's copy when it can.
 
 pub mod election;
 pub mod fence;
@@ -118,22 +121,54 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Duration::from_millis(500),
     ));
 
-    let outcome = tokio::select! {
-        stop = sync::run(&conn, state.clone(), from) => {
-            if stop.copy_unusable() {
-                // Crash-only: the next worker in this slot starts from a snapshot.
-                warn!(pid, slot = slot.index, error = %stop, "own copy cannot follow the log: discarding it");
-                slot.discard_data();
+    let mut conn = conn;
+    let mut from = from;
+    let outcome = loop {
+        let ended = tokio::select! {
+            stop = sync::run(&conn, state.clone(), from) => {
+                if stop.copy_unusable() {
+                    // Crash-only: the next worker in this slot starts from a snapshot.
+                    warn!(pid, slot = slot.index, error = %stop, "own copy cannot follow the log: discarding it");
+                    slot.discard_data();
+                    break Err(anyhow::anyhow!("sync stopped: {stop}"));
+                }
+                anyhow::anyhow!("sync stopped: {stop}")
             }
-            Err(anyhow::anyhow!("sync stopped: {stop}"))
+            lost = election::session_lost(&zk) => break Err(anyhow::anyhow!("ZooKeeper session ended: {lost:?}")),
+            served = serve(&conn, &zk, state.clone(), &config) => match served {
+                Ok(()) => break Ok(()),
+                Err(e) => e,
+            },
+            _ = shutdown_signal() => {
+                info!(pid, "shutting down");
+                close_copy(&state).await;
+                break Ok(());
+            }
+        };
+        // A replica that lost its broker connection reconnects and resumes
+        // the log where it stopped. A master does not: its copy may hold
+        // commits the broker never confirmed, so it ends (its copy is not
+        // resumed) and a slave takes over. Anything else is crash-only too.
+        let role = *state.role.borrow();
+        if conn.status().connected() || !matches!(role, Role::Joining | Role::Slave) {
+            break Err(ended);
         }
-        lost = election::session_lost(&zk) => Err(anyhow::anyhow!("ZooKeeper session ended: {lost:?}")),
-        served = serve(&conn, &zk, state.clone(), &config) => served,
-        _ = shutdown_signal() => {
-            info!(pid, "shutting down");
-            close_copy(&state).await;
-            Ok(())
+        warn!(pid, error = %ended, offset = state.stream_next.load(Ordering::SeqCst), "lost RabbitMQ: reconnecting, then resuming syncQ where this copy stopped");
+        state.role.send_replace(Role::Joining);
+        conn = match broker::open(&config.amqp_url, &format!("worker-{pid}"), PATIENCE).await {
+            Ok(conn) => conn,
+            Err(e) => break Err(e.context("RabbitMQ did not come back")),
+        };
+        let next = state.stream_next.load(Ordering::SeqCst);
+        if next > 0 {
+            from = StreamOffset::At(next);
         }
+        info!(
+            pid,
+            ?from,
+            seq = state.replica.seq(),
+            "reconnected to RabbitMQ"
+        );
     };
     // Leave at once rather than after the session timeout; a dead worker's
     // ephemeral znodes would go with its session anyway.
