@@ -75,7 +75,7 @@ pub(crate) async fn all_present_once(o: &Orchestrator, names: &[String]) {
     .await
     .expect("the orchestrator became ready again");
     let (status, body) = o
-        .read(json!({"table": "users", "columns": ["username"], "consistency": "strong"}))
+        .read(json!({"table": "users", "columns": ["username"], "consistency": "strong", "limit": 10000}))
         .await;
     assert_eq!(status, 200, "{body}");
     let rows: Vec<String> = body["rows"]
@@ -118,9 +118,24 @@ async fn rabbitmq_stopped_and_started_the_service_comes_back() {
         body["error"].as_str().unwrap_or("").contains("RabbitMQ"),
         "{body}"
     );
+    // The supervised connection says it is down, and why.
+    let down = wait_until(
+        "the rabbitmq task is down",
+        Duration::from_secs(10),
+        || async {
+            let s = o.status().await;
+            (s["tasks"]["rabbitmq"]["up"] == false).then_some(s)
+        },
+    )
+    .await
+    .expect("the rabbitmq task reported down");
+    assert!(down["tasks"]["zookeeper"]["up"] == true, "{down}");
 
     brokers.start_rabbitmq();
     recovers(&o, names, "rabbitmq-restart").await;
+    let tasks = o.status().await["tasks"].clone();
+    assert!(tasks["rabbitmq"]["up"] == true, "{tasks}");
+    assert!(tasks["rabbitmq"]["restarts"].as_u64() >= Some(1), "{tasks}");
     // The slave rode it out: same process, reconnected, resumed its copy.
     let pids = o.pids().await;
     assert!(

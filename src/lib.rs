@@ -28,5 +28,6 @@ pub mod orchestrator;
 pub mod prometheus;
 pub mod rideshare;
 pub mod runtime;
+pub mod tasks;
 pub mod telemetry;
 pub mod worker;

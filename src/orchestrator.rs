@@ -81,7 +81,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let election = Election::new()
         .with_routes(dispatcher.clone().recipient())
         .start();
-    let zk = Session::start(config.zk_hosts.clone(), config.zk_session_timeout);
+    let tasks = crate::tasks::Tasks::default();
+    let zk = Session::start(
+        config.zk_hosts.clone(),
+        config.zk_session_timeout,
+        tasks.clone(),
+    );
 
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let runtime: Arc<dyn WorkerRuntime> = match &config.runtime {
@@ -159,6 +164,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let (dead_tx, dead_writes) = tokio::sync::watch::channel(None);
     actix::spawn(broker_session(
+        tasks.clone(),
         config.amqp_url.clone(),
         dispatcher.clone(),
         waiter.clone(),
@@ -176,6 +182,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         timeout: config.request_timeout,
         metrics,
         dead_writes,
+        tasks,
     });
     let limits = config.http;
     let server = HttpServer::new(move || {
@@ -214,30 +221,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// reconnects with backoff. It also watches how many writes wait in
 /// `writeQ.dead` (`dead`: None while unknown).
 async fn broker_session(
+    tasks: crate::tasks::Tasks,
     url: String,
     dispatcher: Addr<Dispatcher<AmqpPublisher>>,
     waiter: Addr<RpcWaiter>,
     dead: tokio::sync::watch::Sender<Option<u32>>,
 ) {
     let dead = Arc::new(dead);
-    broker::link::maintain(url, "orchestrator".into(), move |conn| {
-        let dispatcher = dispatcher.clone();
-        let waiter = waiter.clone();
-        let dead = dead.clone();
-        async move {
-            let why = match serve_broker(&conn, &dispatcher, &waiter, &dead).await {
-                Ok(why) => why,
-                Err(e) => format!("setting up the session failed: {e}"),
-            };
-            dispatcher.do_send(SetPublisher(None));
-            dead.send_replace(None);
-            waiter.do_send(Abandon {
-                reason: "the connection to RabbitMQ was lost".into(),
-            });
-            let _ = conn.close(200, "session over".into()).await;
-            why
-        }
-    })
+    broker::link::maintain(
+        tasks,
+        "rabbitmq",
+        url,
+        "orchestrator".into(),
+        move |conn, round| {
+            let dispatcher = dispatcher.clone();
+            let waiter = waiter.clone();
+            let dead = dead.clone();
+            async move {
+                let why = match serve_broker(&conn, &dispatcher, &waiter, &dead, &round).await {
+                    Ok(why) => why,
+                    Err(e) => format!("setting up the session failed: {e}"),
+                };
+                dispatcher.do_send(SetPublisher(None));
+                dead.send_replace(None);
+                waiter.do_send(Abandon {
+                    reason: "the connection to RabbitMQ was lost".into(),
+                });
+                let _ = conn.close(200, "session over".into()).await;
+                why
+            }
+        },
+    )
     .await
 }
 
@@ -247,6 +261,7 @@ async fn serve_broker(
     dispatcher: &Addr<Dispatcher<AmqpPublisher>>,
     waiter: &Addr<RpcWaiter>,
     dead: &tokio::sync::watch::Sender<Option<u32>>,
+    round: &crate::tasks::Round,
 ) -> anyhow::Result<String> {
     let publisher = AmqpPublisher {
         reads: conn.create_channel().await?,
@@ -266,6 +281,7 @@ async fn serve_broker(
         .await?;
     dispatcher.send(SetPublisher(Some(publisher))).await?;
     info!("RabbitMQ session up: publishing and consuming responseQ");
+    round.up("publishing; consuming responseQ");
     let counting = conn.create_channel().await?;
     Ok(tokio::select! {
         why = feed_replies(consumer, waiter) => why,

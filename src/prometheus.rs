@@ -91,6 +91,13 @@ pub fn worker_stopped(cause: &'static str) {
 }
 
 /// Writes waiting in `writeQ.dead` (quarantined poison writes).
+/// A supervised task's state (`crate::tasks`): up or not, and how many of its
+/// rounds ended.
+pub fn task(name: &'static str, up: bool, restarts: u64) {
+    gauge!("dbaas_task_up", "task" => name).set(if up { 1.0 } else { 0.0 });
+    counter!("dbaas_task_restarts_total", "task" => name).absolute(restarts);
+}
+
 pub fn dead_writes(n: u32) {
     gauge!("dbaas_dead_writes").set(f64::from(n));
 }

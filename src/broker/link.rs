@@ -1,5 +1,6 @@
 //! A RabbitMQ session that comes back, for the orchestrator: connect and
-//! declare (retrying with capped backoff and jitter, forever), run the
+//! declare (a supervised task, `crate::tasks`: retried with capped backoff and
+//! jitter, forever, its state shown in `worker/status`), run the
 //! caller's session on the connection until it breaks, then start again. The
 //! caller's session owns everything made on the connection (channels, the
 //! reply consumer) and says why it ended; nothing ends with only a log line.
@@ -19,29 +20,35 @@ use futures_util::StreamExt;
 use lapin::{Connection, Event};
 use tracing::{info, warn};
 
-/// Longest wait between two rounds.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+use crate::tasks::{Round, Tasks};
 
-/// Runs `session` on a fresh connection each time the last one ended, forever.
-pub async fn maintain<F, Fut>(url: String, name: String, mut session: F)
-where
-    F: FnMut(Connection) -> Fut,
+/// Runs `session` on a fresh connection each time the last one ended, forever,
+/// as the task `task` of `tasks` (`crate::tasks::keep`: capped backoff and
+/// jitter between rounds, the state in `worker/status` and `/metrics`). The
+/// session calls [`Round::up`] once it serves and returns why it ended.
+pub async fn maintain<F, Fut>(
+    tasks: Tasks,
+    task: &'static str,
+    url: String,
+    name: String,
+    session: F,
+) where
+    F: Fn(Connection, Round) -> Fut + Clone,
     Fut: Future<Output = String>,
 {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        // `open` logs each kind of failure once; a minute per round bounds it.
-        match super::open(&url, &name, Duration::from_secs(60)).await {
-            Ok(conn) => {
-                backoff = Duration::from_millis(100);
-                let why = session(conn).await;
-                warn!(name, reason = %why, "RabbitMQ session ended; reconnecting");
+    crate::tasks::keep(tasks, task, move |round| {
+        let (url, name, session) = (url.clone(), name.clone(), session.clone());
+        async move {
+            match super::open_once(&url, &name).await {
+                Ok(conn) => {
+                    info!(name, "connected to RabbitMQ");
+                    session(conn, round).await
+                }
+                Err(e) => format!("RabbitMQ not usable: {e}"),
             }
-            Err(e) => warn!(name, error = %e, "still no RabbitMQ; retrying"),
         }
-        tokio::time::sleep(crate::backoff::jitter(backoff)).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
+    })
+    .await
 }
 
 /// Resolves when `conn` reports an error or is no longer connected.

@@ -1,7 +1,8 @@
 //! A ZooKeeper session that renews itself, for the orchestrator. A session can
 //! end for good (ZooKeeper restarted and forgot it, a partition longer than
 //! its timeout): the client is then dead and never reconnects. This opens a new
-//! one with capped backoff, as often as needed, and hands it out to whoever
+//! one (a supervised task, `crate::tasks`: capped backoff, its state shown in
+//! `worker/status` and `/metrics`), as often as needed, and hands it out to whoever
 //! asks next; callers take [`Session::client`] for each piece of work and treat
 //! "no session now" like any other ZooKeeper error (retry later).
 //!
@@ -9,26 +10,30 @@
 //! znodes, the master znode it holds), so a worker whose session ends stops and
 //! is replaced.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 use zookeeper_client as zk;
+
+use crate::tasks::{Round, Tasks};
 
 #[derive(Clone)]
 pub struct Session {
     current: watch::Receiver<Option<zk::Client>>,
 }
 
-/// Longest wait between two connection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
 impl Session {
-    /// Starts keeping a session to `hosts`; returns at once (the first session
-    /// may still be on its way: [`Session::client`] says so meanwhile).
-    pub fn start(hosts: String, timeout: Duration) -> Session {
+    /// Starts keeping a session to `hosts` as the task `zookeeper` of `tasks`;
+    /// returns at once (the first session may still be on its way:
+    /// [`Session::client`] says so meanwhile).
+    pub fn start(hosts: String, timeout: Duration, tasks: Tasks) -> Session {
         let (tx, current) = watch::channel(None);
-        tokio::spawn(keep(hosts, timeout, tx));
+        let tx = Arc::new(tx);
+        tokio::spawn(crate::tasks::keep(tasks, "zookeeper", move |round| {
+            session_round(hosts.clone(), timeout, tx.clone(), round)
+        }));
         Session { current }
     }
 
@@ -59,32 +64,28 @@ impl Session {
     }
 }
 
-async fn keep(hosts: String, timeout: Duration, current: watch::Sender<Option<zk::Client>>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let client = match super::connect(&hosts, timeout, Duration::ZERO).await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, retry_in = ?backoff, "no ZooKeeper session");
-                tokio::time::sleep(crate::backoff::jitter(backoff)).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
-        info!(session = ?client.session_id(), "ZooKeeper session established");
-        let mut states = client.state_watcher();
-        current.send_replace(Some(client));
-        let ended = loop {
-            let state = states.changed().await;
-            if state.is_terminated() {
-                break state;
-            }
-        };
-        warn!(?ended, "ZooKeeper session ended; opening a new one");
-        current.send_replace(None);
-        if current.is_closed() {
-            return;
+/// One session: opened, handed out until it ends for good, withdrawn.
+async fn session_round(
+    hosts: String,
+    timeout: Duration,
+    current: Arc<watch::Sender<Option<zk::Client>>>,
+    round: Round,
+) -> String {
+    let client = match super::connect(&hosts, timeout, Duration::ZERO).await {
+        Ok(c) => c,
+        Err(e) => return format!("no ZooKeeper session: {e}"),
+    };
+    let id = client.session_id();
+    info!(session = ?id, "ZooKeeper session established");
+    round.up(format!("session {:#x}", id.0));
+    let mut states = client.state_watcher();
+    current.send_replace(Some(client));
+    let ended = loop {
+        let state = states.changed().await;
+        if state.is_terminated() {
+            break state;
         }
-    }
+    };
+    current.send_replace(None);
+    format!("ZooKeeper session ended ({ended:?})")
 }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Writes waiting in `writeQ.dead` (None: not known, no broker session).
     pub dead_writes: tokio::sync::watch::Receiver<Option<u32>>,
+    /// The orchestrator's supervised connections (`crate::tasks`).
+    pub tasks: crate::tasks::Tasks,
 }
 
 /// A resource that serves `method` and answers 405 to everything else.

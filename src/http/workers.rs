@@ -59,6 +59,8 @@ struct Status {
     scaler: ScalerStatus,
     /// Quarantined writes waiting in `writeQ.dead` (null: RabbitMQ unreachable).
     dead_writes: Option<u32>,
+    /// The orchestrator's supervised connections, by name.
+    tasks: std::collections::BTreeMap<String, crate::tasks::TaskState>,
 }
 
 pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -91,6 +93,7 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         supervisor: state.supervisor.send(GetSupervisorStatus).await?,
         scaler: state.scaler.send(GetScalerStatus).await?,
         dead_writes: *state.dead_writes.borrow(),
+        tasks: state.tasks.snapshot(),
     }))
 }
 
