@@ -161,3 +161,87 @@ async fn a_copy_behind_the_logs_retention_is_replaced_from_a_snapshot() {
         assert_eq!(rows, names.len(), "worker {}: {rows} rows", body["worker"]);
     }
 }
+
+/// The orchestrator killed (SIGKILL) with writes in flight and started again:
+/// the new one adopts the running workers (same processes, nothing replaced)
+/// and every acknowledged write is there exactly once; the writes whose answer
+/// was lost with the old orchestrator are there at most once.
+#[tokio::test]
+async fn an_orchestrator_killed_mid_writes_is_replaced_and_adopts_the_workers() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let opts = |ns| Options {
+        slaves: 1,
+        namespace: ns,
+        data_dir: Some(data.path().to_path_buf()),
+        ..Options::default()
+    };
+    let first = std::sync::Arc::new(Orchestrator::start("orch-kill", opts(None)).await);
+    let ns = first.ns.clone();
+    let mut names = write_users(&first, "before", 20).await;
+    let workers = first.pids().await;
+
+    // Writers keep going while the orchestrator is killed under them.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let o = first.clone();
+            tokio::spawn(async move {
+                let (mut acked, mut unknown) = (Vec::new(), Vec::new());
+                for i in 0..1000 {
+                    let name = format!("during-{w}-{i}");
+                    let sent = o
+                        .http
+                        .post(o.url("/api/v1/db/write"))
+                        .json(&json!({"table": "users", "insert": {"username": name, "password": "p"}}))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status().as_u16() == 200 => acked.push(name),
+                        _ => {
+                            unknown.push(name);
+                            break;
+                        }
+                    }
+                }
+                (acked, unknown)
+            })
+        })
+        .collect();
+    wait_until("writes are flowing", Duration::from_secs(10), || async {
+        let s = first.status().await;
+        let seq = s["workers"]
+            .as_array()?
+            .iter()
+            .filter_map(|w| w["seq"].as_u64())
+            .max()?;
+        (seq > 40).then_some(())
+    })
+    .await
+    .expect("writes flowing");
+    crate::common::sigkill(first.pid().expect("a child process"));
+    let mut unknown = Vec::new();
+    for w in writers {
+        let (acked, lost) = w.await.expect("writer");
+        names.extend(acked);
+        unknown.extend(lost);
+    }
+
+    let second = Orchestrator::start("orch-kill", opts(Some(ns))).await;
+    assert_eq!(second.pids().await, workers, "the same workers, adopted");
+    names.extend(write_users(&second, "after", 20).await);
+    all_present_once(&second, &names).await;
+    let (status, body) = second
+        .read(json!({"table": "users", "columns": ["username"], "consistency": "strong", "limit": 10000}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for name in unknown {
+        let copies = body["rows"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter(|r| r["username"] == name.as_str())
+                    .count()
+            })
+            .unwrap_or(0);
+        assert!(copies <= 1, "{name} applied {copies} times");
+    }
+}

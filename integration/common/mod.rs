@@ -156,10 +156,19 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 impl Orchestrator {
-    /// Starts an orchestrator and waits until its master and slaves serve.
+    /// Starts an orchestrator and waits until its master and slaves serve and
+    /// it reports itself ready (its RabbitMQ session is up: an orchestrator
+    /// that adopts running workers sees them before its broker session is).
     pub async fn start(test: &str, opts: Options) -> Orchestrator {
         let o = Self::spawn(test, &opts).await;
         o.wait_for_workers(opts.slaves).await;
+        let ready = wait_until("ready", Duration::from_secs(60), || async {
+            (o.get_json("/api/v1/ready").await.0 == 200).then_some(())
+        })
+        .await;
+        if ready.is_none() {
+            panic!("never ready: {}", o.get_json("/api/v1/ready").await.1);
+        }
         o
     }
 
