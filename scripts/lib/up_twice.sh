@@ -25,7 +25,7 @@ up_twice() {
   local lb=8190 orch=8110
   local env=(env -u DBAAS_AMQP_URL -u DBAAS_ZK_HOSTS RUN_DIR="$dir" AMQP_PORT=5702
     ZK_PORT=2211 ORCH_PORT=$orch LB_PORT=$lb USERS_PORT=8111 RIDES_PORT=8112
-    DBAAS_PROFILE=debug)
+    DBAAS_PROFILE=debug DBAAS_BUILD=0)
   local name="up-twice-$RANDOM"
   local password=0123456789abcdef0123456789abcdef01234567
   local round
