@@ -285,3 +285,90 @@ impl WorkerRuntime for ProcessRuntime {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(worker_bin: &str) -> ProcessRuntime {
+        let (exits, _) = tokio::sync::mpsc::unbounded_channel();
+        ProcessRuntime::new(
+            ProcessConfig {
+                worker_bin: PathBuf::from(worker_bin),
+                env: Vec::new(),
+                log_dir: None,
+                stop_grace: Duration::from_secs(1),
+            },
+            exits,
+        )
+    }
+
+    /// A process this runtime did not start, running `sleep`.
+    struct Stranger(std::process::Child);
+
+    impl Stranger {
+        fn spawn() -> Stranger {
+            Stranger(
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .expect("spawn sleep"),
+            )
+        }
+        fn pid(&self) -> u32 {
+            self.0.id()
+        }
+    }
+
+    impl Drop for Stranger {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn sleep_bin() -> String {
+        std::fs::canonicalize("/bin/sleep")
+            .or_else(|_| std::fs::canonicalize("/usr/bin/sleep"))
+            .expect("sleep binary")
+            .display()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn an_unrelated_process_is_neither_vouched_for_nor_signalled() {
+        let stranger = Stranger::spawn();
+        let pid = stranger.pid();
+        let now = chrono::Utc::now().timestamp_millis();
+        let rt = runtime("/nonexistent/worker");
+        assert!(!rt.vouch(pid, now), "not the worker binary");
+        assert!(rt.kill(pid).await.is_err());
+        assert!(rt.stop(pid).await.is_err());
+        assert!(alive(pid), "it was signalled");
+    }
+
+    #[tokio::test]
+    async fn a_worker_binary_process_is_adopted_only_if_its_start_time_matches() {
+        let stranger = Stranger::spawn();
+        let pid = stranger.pid();
+        let now = chrono::Utc::now().timestamp_millis();
+        // The "worker binary" is sleep here: the record must still fit the process.
+        let rt = runtime(&sleep_bin());
+        assert!(
+            !rt.vouch(pid, now - 3_600_000),
+            "a record older than the process"
+        );
+        assert!(
+            !rt.vouch(pid, now + 3_600_000),
+            "a record far after the process"
+        );
+        assert!(rt.kill(pid).await.is_err());
+        assert!(alive(pid));
+        assert!(rt.vouch(pid, now), "exe and start time match");
+        assert!(
+            rt.kill(pid).await.is_ok(),
+            "an adopted worker can be killed"
+        );
+        assert!(!alive(pid));
+    }
+}
