@@ -142,8 +142,7 @@ pub async fn connect(
 ) -> anyhow::Result<zk::Client> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        let mut connector = zk::Client::connector();
-        connector = connector
+        let mut connector = zk::Client::connector()
             .with_session_timeout(session_timeout)
             .with_connection_timeout(Duration::from_secs(2));
         if let Some(a) = auth() {
