@@ -183,6 +183,25 @@ async fn each_route_answers_by_the_scope_of_the_token() {
     let _ = users.wait();
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(created, Some(201), "users log:\n{text}");
+    // dbaasctl sends DBAAS_TOKEN: an admin token lists the workers, a data token may not.
+    let ctl = |token: &str| {
+        Command::new(env!("CARGO_BIN_EXE_dbaasctl"))
+            .arg("workers")
+            .env("DBAAS_URL", &o.url)
+            .env("DBAAS_TOKEN", token)
+            .output()
+            .expect("run dbaasctl")
+    };
+    let out = ctl(ADMIN);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ctl(DATA);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("403"), "{err}");
+
     // The tokens never show in the orchestrator's log, nor the users service's.
     for t in [DATA, ADMIN] {
         assert!(!o.log().contains(t), "a token is in the orchestrator log");
@@ -250,15 +269,32 @@ async fn protected_mode_refuses_a_public_bind_without_tokens() {
     assert!(up, "never served with DBAAS_INSECURE_OPEN: {err}");
     assert!(err.contains("INSECURE"), "{err}");
 
-    // With tokens it starts on any address.
+    // With tokens (here from a file) it starts on any address, and asks for them.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("admin-tokens");
+    std::fs::write(&file, format!("# rotated in May\n{ADMIN}\n")).expect("token file");
     let port = free_port();
     let child = orchestrator_on(
         &format!("0.0.0.0:{port}"),
-        &[("DBAAS_DATA_TOKENS", DATA), ("DBAAS_ADMIN_TOKENS", ADMIN)],
+        &[
+            ("DBAAS_DATA_TOKENS", DATA),
+            ("DBAAS_ADMIN_TOKENS_FILE", &file.display().to_string()),
+        ],
     );
     let up = serves_health(port).await;
+    let scaler = format!("http://127.0.0.1:{port}/api/v1/scaler");
+    let http = reqwest::Client::new();
+    let without = http.get(&scaler).send().await.map(|r| r.status().as_u16());
+    let with = http
+        .get(&scaler)
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
     let err = stop(child);
     assert!(up, "never served with tokens: {err}");
+    assert_eq!(without.ok(), Some(401), "{err}");
+    assert_eq!(with.ok(), Some(200), "{err}");
     assert!(!err.contains(DATA) && !err.contains(ADMIN), "{err}");
 
     // Loopback without tokens: open, as scripts/up runs it.
