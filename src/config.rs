@@ -1,21 +1,74 @@
 //! Command-line flags several binaries share, as clap groups they flatten in,
 //! so each flag and its environment variable are defined once.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// A secret from the command line or the environment (a token, a password):
+/// `Debug` shows `<redacted>`, so printing the flags never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// A secret given directly, or the first line of a file (the file wins):
+/// the error names the file, never the content.
+pub fn secret_from(value: Option<&Secret>, file: Option<&Path>) -> anyhow::Result<Option<Secret>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let line = text.lines().map(str::trim).find(|l| !l.is_empty());
+        return match line {
+            Some(l) => Ok(Some(Secret::new(l))),
+            None => Err(anyhow::anyhow!("{} is empty", path.display())),
+        };
+    }
+    Ok(value.filter(|s| !s.0.is_empty()).cloned())
+}
 
 /// Where the brokers are: the orchestrator and the worker take these.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BrokerArgs {
-    /// RabbitMQ URL.
+    /// RabbitMQ URL (it holds the broker password: give it in the environment,
+    /// not as a flag).
     #[arg(
         long,
         env = "DBAAS_AMQP_URL",
+        hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
     /// ZooKeeper hosts (host:port[,host:port...][/chroot]).
     #[arg(long, env = "DBAAS_ZK_HOSTS", default_value = "127.0.0.1:2181")]
     pub zk_hosts: String,
+    /// ZooKeeper digest credentials `user:password`: the project's znodes are
+    /// then created readable and writable by that identity only. Unset: the
+    /// znodes are open to every client (loopback development only).
+    #[arg(long, env = "DBAAS_ZK_AUTH", hide_env_values = true)]
+    pub zk_auth: Option<Secret>,
+    /// A file whose first line is the ZooKeeper digest credentials (wins over DBAAS_ZK_AUTH).
+    #[arg(long, env = "DBAAS_ZK_AUTH_FILE")]
+    pub zk_auth_file: Option<PathBuf>,
     /// ZooKeeper session timeout: how long a dead worker stays registered, the
     /// bound on detecting a worker killed where the orchestrator cannot see it.
     #[arg(long, env = "DBAAS_ZK_SESSION_TIMEOUT_MS", default_value_t = 2000)]
@@ -42,6 +95,17 @@ impl BrokerArgs {
         });
     }
 
+    /// Makes this process's ZooKeeper sessions authenticate with the digest
+    /// credentials given (if any), and create the project's znodes for them only.
+    pub fn apply_zk_auth(&self) -> anyhow::Result<()> {
+        let auth = secret_from(self.zk_auth.as_ref(), self.zk_auth_file.as_deref())?;
+        match auth {
+            Some(s) => crate::coord::set_auth(Some(crate::coord::ZkAuth::parse(s.expose())?)),
+            None => crate::coord::set_auth(None),
+        }
+        Ok(())
+    }
+
     pub fn zk_session_timeout(&self) -> Duration {
         Duration::from_millis(self.zk_session_timeout_ms)
     }
@@ -60,6 +124,13 @@ pub struct DbaasClientArgs {
     /// 502/503/504) is retried in all, in milliseconds; 0 tries once.
     #[arg(long, env = "RIDESHARE_RETRY_MS", default_value_t = 15_000)]
     pub retry_ms: u64,
+    /// A DBaaS token of the `data` scope, sent as `Authorization: Bearer`
+    /// (needed when the orchestrator requires tokens).
+    #[arg(long, env = "DBAAS_TOKEN", hide_env_values = true)]
+    pub dbaas_token: Option<Secret>,
+    /// A file whose first line is the DBaaS token (wins over DBAAS_TOKEN).
+    #[arg(long, env = "DBAAS_TOKEN_FILE")]
+    pub dbaas_token_file: Option<PathBuf>,
 }
 
 impl DbaasClientArgs {
@@ -68,6 +139,10 @@ impl DbaasClientArgs {
     }
     pub fn retry_budget(&self) -> Duration {
         Duration::from_millis(self.retry_ms)
+    }
+    /// The token to send, from DBAAS_TOKEN_FILE or DBAAS_TOKEN.
+    pub fn token(&self) -> anyhow::Result<Option<Secret>> {
+        secret_from(self.dbaas_token.as_ref(), self.dbaas_token_file.as_deref())
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Config {
     /// Stop every worker when the orchestrator stops (else they run on and the
     /// next orchestrator adopts them).
     pub stop_workers_on_exit: bool,
+    /// Who may call which route (tokens, or open: see [`http::auth`]).
+    pub auth: http::auth::Auth,
 }
 
 /// Which runtime runs the workers, with its settings.
@@ -185,10 +187,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tasks,
     });
     let limits = config.http;
+    let auth = web::Data::new(config.auth.clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(limits)
+            .app_data(auth.clone())
+            // Inner: authentication; outer: request ids and metrics (401s counted too).
+            .wrap(actix_web::middleware::from_fn(http::auth::require))
             .wrap(actix_web::middleware::from_fn(http::observe::observe))
             .configure(http::routes)
     })
@@ -343,6 +349,9 @@ pub fn worker_env(config: &Config) -> Vec<(String, String)> {
             config.zk_session_timeout.as_millis().to_string(),
         ),
     ];
+    if let Some(auth) = coord::auth() {
+        env.push(("DBAAS_ZK_AUTH".to_string(), auth.expose().to_string()));
+    }
     for passthrough in [
         "RUST_LOG",
         "DBAAS_LOG_FORMAT",

@@ -58,9 +58,12 @@ pub async fn namespace(test: &str) -> Namespace {
     let b = brokers();
     let name = format!("{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     ctl(&b, &["add_vhost", &name]);
+    // The broker's user (scripts/test's own, or guest on an older broker) gets
+    // the vhost rabbitmqctl just made.
+    let user = amqp_user(&b.amqp);
     ctl(
         &b,
-        &["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"],
+        &["set_permissions", "-p", &name, &user, ".*", ".*", ".*"],
     );
     let zk = zookeeper_client::Client::connect(&b.zk)
         .await
@@ -77,6 +80,15 @@ pub async fn namespace(test: &str) -> Namespace {
         zk_hosts: format!("{}/{name}", b.zk),
         name,
     }
+}
+
+/// The user name of an `amqp://user:password@host:port` URL.
+pub fn amqp_user(url: &str) -> String {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(creds, _)| creds.split(':').next().unwrap_or("").to_string())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "guest".to_string())
 }
 
 /// `DBAAS_TEST_RUNTIME=docker` runs the same tests with worker containers
@@ -129,6 +141,9 @@ pub struct Options {
     /// The workers' data directory (default: one of the orchestrator's own),
     /// for a later orchestrator to start on the same data.
     pub data_dir: Option<PathBuf>,
+    /// The bearer token the harness's HTTP client sends (an orchestrator
+    /// given API tokens in `extra_env`: an admin token, so status works).
+    pub token: Option<String>,
 }
 
 impl Default for Options {
@@ -141,6 +156,7 @@ impl Default for Options {
             extra_env: Vec::new(),
             namespace: None,
             data_dir: None,
+            token: None,
         }
     }
 }
@@ -216,7 +232,7 @@ impl Orchestrator {
             .stderr(log)
             .spawn()
             .expect("start orchestrator");
-        Self::attach(Process::Child(child), ns, dir, port).await
+        Self::attach(Process::Child(child), ns, dir, port, opts.token.as_deref()).await
     }
 
     /// Runs the orchestrator image in a container (host network, the Docker
@@ -255,7 +271,7 @@ impl Orchestrator {
             "podman run: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let o = Self::attach(Process::Container(name), ns, dir, port).await;
+        let o = Self::attach(Process::Container(name), ns, dir, port, None).await;
         o.wait_for_workers(slaves).await;
         o
     }
@@ -265,7 +281,14 @@ impl Orchestrator {
         ns: Namespace,
         dir: tempfile::TempDir,
         port: u16,
+        token: Option<&str>,
     ) -> Orchestrator {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            let v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .expect("token is a header value");
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let o = Orchestrator {
             process,
             url: format!("http://127.0.0.1:{port}"),
@@ -276,6 +299,7 @@ impl Orchestrator {
                 // Below the server's keep-alive (5 s): never reuse a connection
                 // the server is closing (a POST on it fails as incomplete).
                 .pool_idle_timeout(Duration::from_secs(2))
+                .default_headers(headers)
                 .build()
                 .expect("http client"),
         };

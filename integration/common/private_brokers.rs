@@ -51,6 +51,7 @@ impl PrivateBrokers {
             .env("ZK_PORT", self.zk_port.to_string())
             .env_remove("DBAAS_AMQP_URL")
             .env_remove("DBAAS_ZK_HOSTS")
+            .env_remove("AMQP_USER")
             .output()
             .expect("run services.sh");
         assert!(
@@ -60,10 +61,23 @@ impl PrivateBrokers {
         );
     }
 
+    /// The password services.sh generated for the broker's user (`dbaas`).
+    pub fn amqp_password(&self) -> String {
+        let path = self.dir.path().join("secrets/rabbitmq-password");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+
     pub fn namespace(&self) -> Namespace {
         Namespace {
             name: format!("private-{}", self.amqp_port),
-            amqp_url: format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port),
+            amqp_url: format!(
+                "amqp://dbaas:{}@127.0.0.1:{}/%2f",
+                self.amqp_password(),
+                self.amqp_port
+            ),
             zk_hosts: format!("127.0.0.1:{}", self.zk_port),
         }
     }

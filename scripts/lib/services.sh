@@ -2,12 +2,22 @@
 # Installs (from Debian packages, when missing) and runs RabbitMQ and ZooKeeper as
 # plain background processes on loopback, with private data under $RUN_DIR.
 # Sourced by scripts/up, scripts/test and scripts/bench.
+#
+# Credentials: a RabbitMQ node started here has one user, $AMQP_USER (dbaas),
+# whose generated password is kept in $RUN_DIR/secrets/rabbitmq-password (mode
+# 600); `guest` is deleted (also from the data of a node an earlier version
+# started). ZooKeeper digest credentials (`dbaas:<generated>`) are kept in
+# $RUN_DIR/secrets/zookeeper-auth; use_credentials exports both. Secrets are
+# never put in command arguments: rabbitmqctl reads the password on stdin.
 
 ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 RUN_DIR=${RUN_DIR:-$ROOT/.run}
 AMQP_PORT=${AMQP_PORT:-5672}
 ZK_PORT=${ZK_PORT:-2181}
-export DBAAS_AMQP_URL=${DBAAS_AMQP_URL:-amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f}
+AMQP_USER=${AMQP_USER:-dbaas}
+SECRETS_DIR=$RUN_DIR/secrets
+# A URL the caller gave wins over ours.
+AMQP_URL_GIVEN=${DBAAS_AMQP_URL:+1}
 export DBAAS_ZK_HOSTS=${DBAAS_ZK_HOSTS:-127.0.0.1:$ZK_PORT}
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -36,17 +46,65 @@ wait_for() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# new_secret FILE : writes 48 random hex digits to FILE (mode 600, its
+# directory 700) unless FILE has one already.
+new_secret() {
+  [ -s "$1" ] && return 0
+  (
+    umask 077
+    mkdir -p "$(dirname "$1")"
+    od -An -tx1 -N24 /dev/urandom | tr -d ' \n' > "$1.$$"
+    mv "$1.$$" "$1"
+  )
+}
+
+# amqp_base_url: the broker's URL without a vhost: our user's, or guest's
+# when there is no password here (a broker started before credentials were).
+amqp_base_url() {
+  if [ -s "$SECRETS_DIR/rabbitmq-password" ]; then
+    printf 'amqp://%s:%s@127.0.0.1:%s' "$AMQP_USER" "$(cat "$SECRETS_DIR/rabbitmq-password")" "$AMQP_PORT"
+  else
+    printf 'amqp://guest:guest@127.0.0.1:%s' "$AMQP_PORT"
+  fi
+}
+
+# use_credentials : exports DBAAS_AMQP_URL (unless the caller gave one) for
+# the broker started here.
+use_credentials() {
+  [ -n "$AMQP_URL_GIVEN" ] || export DBAAS_AMQP_URL="$(amqp_base_url)/%2f"
+}
+
+# use_zk_credentials : generates (once) the ZooKeeper digest credentials under
+# $SECRETS_DIR and exports DBAAS_ZK_AUTH_FILE naming them (unless the caller
+# gave DBAAS_ZK_AUTH or DBAAS_ZK_AUTH_FILE).
+use_zk_credentials() {
+  [ -n "${DBAAS_ZK_AUTH:-}${DBAAS_ZK_AUTH_FILE:-}" ] && return 0
+  local f=$SECRETS_DIR/zookeeper-auth
+  if [ ! -s "$f" ]; then
+    new_secret "$f.password"
+    ( umask 077; printf 'dbaas:%s\n' "$(cat "$f.password")" > "$f" )
+    rm -f "$f.password"
+  fi
+  export DBAAS_ZK_AUTH_FILE=$f
+}
+use_credentials
+
 start_rabbitmq() {
   apt_install rabbitmq-server
   local dir=$RUN_DIR/rabbitmq
   if port_open "$AMQP_PORT"; then log "RabbitMQ already listening on $AMQP_PORT"; write_rabbitmqctl; return 0; fi
+  new_secret "$SECRETS_DIR/rabbitmq-password"
   mkdir -p "$dir/mnesia" "$dir/log"
+  chmod 700 "$dir"
   : > "$dir/enabled_plugins"
   echo "[]." > "$dir/enabled_plugins"
-  cat > "$dir/rabbitmq.conf" <<CONF
+  # A fresh node creates our user instead of guest (the file is the node's own, mode 600).
+  ( umask 077; cat > "$dir/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:$AMQP_PORT
-loopback_users = none
+default_user = $AMQP_USER
+default_pass = $(cat "$SECRETS_DIR/rabbitmq-password")
 CONF
+  )
   log "starting RabbitMQ on 127.0.0.1:$AMQP_PORT (data in $dir)"
   RABBITMQ_MNESIA_BASE=$dir/mnesia RABBITMQ_LOG_BASE=$dir/log \
     RABBITMQ_NODENAME=dbaas-${AMQP_PORT}@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
@@ -57,6 +115,24 @@ CONF
   echo $! > "$dir/launcher.pid"
   wait_for "RabbitMQ" 90 port_open "$AMQP_PORT" || { tail -20 "$dir/stdout.log" >&2; return 1; }
   write_rabbitmqctl
+  secure_rabbitmq
+}
+
+# secure_rabbitmq : on a node started here, makes sure $AMQP_USER exists with
+# the password kept here (nodes whose data an older version created only have
+# guest) and full rights on /, and that guest does not exist.
+secure_rabbitmq() {
+  local ctl=$RUN_DIR/rabbitmqctl users
+  users=$("$ctl" list_users -q 2>/dev/null | awk '{print $1}') || { log "rabbitmqctl list_users failed"; return 1; }
+  if ! grep -qx "$AMQP_USER" <<<"$users"; then
+    log "RabbitMQ: adding user $AMQP_USER"
+    "$ctl" add_user "$AMQP_USER" < "$SECRETS_DIR/rabbitmq-password" >/dev/null
+    "$ctl" set_permissions -p / "$AMQP_USER" '.*' '.*' '.*' >/dev/null
+  fi
+  if grep -qx guest <<<"$users"; then
+    log "RabbitMQ: deleting user guest"
+    "$ctl" delete_user guest >/dev/null
+  fi
 }
 
 # A rabbitmqctl bound to our node (its cookie lives in our private HOME); the

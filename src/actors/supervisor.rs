@@ -9,6 +9,11 @@
 //! was paused or cut off past its session) is ended: its session is gone, so it
 //! may no longer serve, and killing it hands the deliveries it holds back to
 //! the queues at once, for its successor (it is then replaced like any death).
+//!
+//! Only workers the runtime vouches for ([`WorkerRuntime::vouch`]: started by
+//! it, or adopted after verification) are seen at all: anything else
+//! registered under `/dbaas/workers` is logged once and left out of the view,
+//! so no reconciliation, scale-in or crash ever signals it.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -108,6 +113,9 @@ pub struct ContainerSupervisor {
     seen_membership: bool,
     /// Set by [`StopAll`]: nothing is started any more.
     shutting_down: bool,
+    /// Registrations the runtime refused to vouch for: pid → the record's
+    /// `started_at_ms` (asked again only when the record changes).
+    impostors: HashMap<u32, i64>,
 }
 
 impl ContainerSupervisor {
@@ -128,6 +136,7 @@ impl ContainerSupervisor {
             events: VecDeque::new(),
             seen_membership: false,
             shutting_down: false,
+            impostors: HashMap::new(),
         }
     }
 
@@ -323,9 +332,35 @@ impl Actor for ContainerSupervisor {
     }
 }
 
+impl ContainerSupervisor {
+    /// Leaves out of `m` the registrations the runtime does not vouch for.
+    fn vouched(&mut self, mut m: Membership) -> Membership {
+        let runtime = self.runtime.clone();
+        let mut impostors = HashMap::new();
+        m.workers.retain(|w| {
+            let known = self.impostors.get(&w.pid) == Some(&w.started_at_ms);
+            if known || !runtime.vouch(w.pid, w.started_at_ms) {
+                if !known {
+                    warn!(
+                        pid = w.pid,
+                        "ignoring a registration under /dbaas/workers that is not a worker of this \
+                         orchestrator: it will never be signalled"
+                    );
+                }
+                impostors.insert(w.pid, w.started_at_ms);
+                return false;
+            }
+            true
+        });
+        self.impostors = impostors;
+        m
+    }
+}
+
 impl Handler<Membership> for ContainerSupervisor {
     type Result = ();
     fn handle(&mut self, m: Membership, ctx: &mut Context<Self>) {
+        let m = self.vouched(m);
         let listed = m.pids();
         let vanished: Vec<u32> = self
             .view
@@ -475,6 +510,8 @@ mod tests {
     struct Recording {
         calls: Mutex<Vec<String>>,
         next: Mutex<u32>,
+        /// Pids it refuses to vouch for (not its workers).
+        strangers: Vec<u32>,
     }
 
     impl Recording {
@@ -516,6 +553,9 @@ mod tests {
                     .push(format!("stop {pid}"));
                 Ok(())
             })
+        }
+        fn vouch(&self, pid: u32, _: i64) -> bool {
+            !self.strangers.contains(&pid)
         }
     }
 
@@ -587,6 +627,32 @@ mod tests {
         assert_eq!(sup.send(Crash(Target::Slave)).await.expect("send"), Ok(70));
         settle(&sup).await;
         assert_eq!(rt.calls(), vec!["kill 70", "start 100"]);
+    }
+
+    #[actix_rt::test]
+    async fn registrations_the_runtime_does_not_vouch_for_are_never_signalled() {
+        let rt = Arc::new(Recording {
+            strangers: vec![999],
+            ..Recording::default()
+        });
+        let sup = ContainerSupervisor::new(rt.clone(), 1).start();
+        // A fake slave with the highest pid: not counted, so no scale-in stops it.
+        sup.send(membership(5, &[5, 9, 999])).await.expect("send");
+        settle(&sup).await;
+        assert!(rt.calls().is_empty(), "{:?}", rt.calls());
+        assert_eq!(sup.send(Crash(Target::Slave)).await.expect("send"), Ok(9));
+        // Its registration vanishing is no reason to end it either.
+        sup.send(membership(5, &[5])).await.expect("send");
+        settle(&sup).await;
+        assert!(
+            rt.calls().iter().all(|c| !c.ends_with(" 999")),
+            "{:?}",
+            rt.calls()
+        );
+        // A fake master is no master: nothing of it is killed.
+        sup.send(membership(999, &[5, 999])).await.expect("send");
+        let res = sup.send(Crash(Target::Master)).await.expect("send");
+        assert_eq!(res, Err(CrashError::NoTarget("master")));
     }
 
     #[actix_rt::test]

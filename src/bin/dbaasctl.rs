@@ -11,6 +11,9 @@
 //! dbaasctl dead drop <id>|--all     remove them for good
 //! ```
 //!
+//! With a protected orchestrator, give a token in `DBAAS_TOKEN` (or a file in
+//! `DBAAS_TOKEN_FILE`): `read`/`write` need the `data` scope, the rest `admin`.
+//!
 //! `dead` talks to RabbitMQ itself (`--amqp-url`, `DBAAS_AMQP_URL`): the
 //! orchestrator's HTTP API has no operation that changes queues.
 
@@ -27,6 +30,13 @@ struct Args {
     /// The orchestrator's base URL.
     #[arg(long, env = "DBAAS_URL", default_value = "http://127.0.0.1:8000")]
     url: String,
+    /// API token, sent as `Authorization: Bearer` (give it in the environment,
+    /// not as a flag: flags show in process listings).
+    #[arg(long, env = "DBAAS_TOKEN", hide_env_values = true, global = true)]
+    token: Option<dbaas::config::Secret>,
+    /// A file whose first line is the API token (wins over DBAAS_TOKEN).
+    #[arg(long, env = "DBAAS_TOKEN_FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,6 +62,7 @@ enum Command {
         #[arg(
             long,
             env = "DBAAS_AMQP_URL",
+            hide_env_values = true,
             default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
         )]
         amqp_url: String,
@@ -225,8 +236,25 @@ fn report(verb: &str, select: &Select, done: &[DeadWrite]) -> anyhow::Result<()>
     Ok(())
 }
 
+/// An HTTP client that sends the token (if any) with every request.
+fn http_client(args: &Args) -> Result<reqwest::Client, String> {
+    let token = dbaas::config::secret_from(args.token.as_ref(), args.token_file.as_deref())
+        .map_err(|e| e.to_string())?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+            .map_err(|_| "DBAAS_TOKEN must be visible ASCII".to_string())?;
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 async fn run(args: Args) -> Result<(), String> {
-    let http = reqwest::Client::new();
+    let http = http_client(&args)?;
     let base = args.url.trim_end_matches('/').to_string();
     match args.command {
         Command::Dead { amqp_url, action } => dead(&amqp_url, action).await?,

@@ -64,12 +64,39 @@ struct Args {
     /// Directory for the workers' logs (process runtime); stderr if unset.
     #[arg(long, env = "DBAAS_WORKER_LOG_DIR")]
     worker_log_dir: Option<PathBuf>,
+    /// API tokens of the `data` scope (db/read, db/write), comma-separated;
+    /// give them in the environment or a file, never as a flag.
+    #[arg(long, env = "DBAAS_DATA_TOKENS", hide_env_values = true)]
+    data_tokens: Option<dbaas::config::Secret>,
+    /// A file of `data` tokens, one per line (`#` comments).
+    #[arg(long, env = "DBAAS_DATA_TOKENS_FILE")]
+    data_tokens_file: Option<PathBuf>,
+    /// API tokens of the `admin` scope (everything), comma-separated.
+    #[arg(long, env = "DBAAS_ADMIN_TOKENS", hide_env_values = true)]
+    admin_tokens: Option<dbaas::config::Secret>,
+    /// A file of `admin` tokens, one per line (`#` comments).
+    #[arg(long, env = "DBAAS_ADMIN_TOKENS_FILE")]
+    admin_tokens_file: Option<PathBuf>,
+    /// Serve without tokens on a non-loopback address (protected mode refuses
+    /// that otherwise): anyone who reaches the port can read, write, clear and crash.
+    #[arg(long, env = "DBAAS_INSECURE_OPEN", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    insecure_open: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     dbaas::telemetry::init();
     let a = Args::parse();
     a.brokers.apply_sync_retention();
+    a.brokers.apply_zk_auth()?;
+    let tokens = dbaas::http::auth::Tokens::load(
+        a.data_tokens.as_ref().map(|t| t.expose()),
+        a.data_tokens_file.as_deref(),
+        a.admin_tokens.as_ref().map(|t| t.expose()),
+        a.admin_tokens_file.as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!("API tokens: {e}"))?;
+    let auth = dbaas::http::auth::Auth::decide(&a.bind, tokens, a.insecure_open)
+        .map_err(|e| anyhow::anyhow!(e))?;
     let slave_bounds = dbaas::actors::scaler::SlaveBounds::new(a.min_slaves, a.max_slaves)
         .map_err(|e| anyhow::anyhow!("DBAAS_MIN_SLAVES / DBAAS_MAX_SLAVES: {e}"))?;
     let runtime = if a.runtime == "docker" {
@@ -107,6 +134,7 @@ fn main() -> anyhow::Result<()> {
         http: a.http.limits(),
         runtime,
         stop_workers_on_exit: a.stop_workers_on_exit,
+        auth,
     };
     actix_rt::System::new().block_on(dbaas::orchestrator::run(config))
 }

@@ -34,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
         origin,
         timeout: a.dbaas.timeout(),
         retry_budget: a.dbaas.retry_budget(),
+        dbaas_token: a.dbaas.token()?,
     })
     .await
 }

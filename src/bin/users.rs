@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
         dbaas_url: a.dbaas.dbaas_url.clone(),
         timeout: a.dbaas.timeout(),
         retry_budget: a.dbaas.retry_budget(),
+        dbaas_token: a.dbaas.token()?,
     })
     .await
 }

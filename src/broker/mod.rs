@@ -62,6 +62,20 @@ pub fn with_heartbeat(url: &str) -> String {
     }
 }
 
+/// `url` with its password replaced by `***`, for messages and logs.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((creds, host)) => {
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
 /// Connects to `url` and declares the topology, retrying with capped backoff
 /// until `patience` runs out. Right after a restart RabbitMQ accepts
 /// connections some time before its durable queues and the stream are usable
@@ -79,7 +93,10 @@ pub async fn open(url: &str, name: &str, patience: Duration) -> anyhow::Result<C
             Err(e) => e,
         };
         if tokio::time::Instant::now() >= deadline {
-            return Err(anyhow::anyhow!("RabbitMQ at {url} not usable: {failure}"));
+            return Err(anyhow::anyhow!(
+                "RabbitMQ at {} not usable: {failure}",
+                redacted(url)
+            ));
         }
         // One line per kind of failure, not one per attempt.
         let class = failure_class(&failure);
@@ -418,6 +435,15 @@ mod tests {
     use super::messages::{ErrorReply, Reply};
     use super::*;
     use crate::db::ReadOutcome;
+
+    #[test]
+    fn redacted_hides_the_password_only() {
+        assert_eq!(
+            redacted("amqp://dbaas:s3cret@127.0.0.1:5672/%2f"),
+            "amqp://dbaas:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redacted("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
+    }
 
     fn rows(n: usize) -> Reply {
         let row: serde_json::Map<String, serde_json::Value> =

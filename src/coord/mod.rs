@@ -7,10 +7,21 @@
 //! /dbaas/epoch           persistent counter, bumped (compare-and-set) by each new master
 //! /dbaas/assigned/<name> persistent, the host pid the supervisor read for a container
 //! ```
+//!
+//! With digest credentials ([`set_auth`], from `DBAAS_ZK_AUTH`), every session
+//! authenticates with them and every znode above is created with
+//! `creator_all`: all permissions for that digest identity, nothing for
+//! anyone else (no world read either: the records name the pids the
+//! orchestrator signals). A client without the credentials can then neither
+//! register a worker nor take the master znode. Nodes an earlier, open run
+//! left world-writable get the same ACL when a process with credentials
+//! connects ([`ensure_layout`]). Without credentials the znodes stay open to
+//! every client, as before (development on loopback).
 
 pub mod election;
 pub mod session;
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -78,6 +89,51 @@ pub struct MasterInfo {
     pub epoch: u64,
 }
 
+/// ZooKeeper digest credentials: `user:password`. `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ZkAuth {
+    user_password: String,
+}
+
+impl std::fmt::Debug for ZkAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = self.user_password.split(':').next().unwrap_or("");
+        write!(f, "ZkAuth {{ user: {user:?}, password: <redacted> }}")
+    }
+}
+
+impl ZkAuth {
+    /// `user:password`, both non-empty; the error never shows the password.
+    pub fn parse(s: &str) -> anyhow::Result<ZkAuth> {
+        match s.split_once(':') {
+            Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(ZkAuth {
+                user_password: s.to_string(),
+            }),
+            _ => Err(anyhow::anyhow!(
+                "ZooKeeper credentials (DBAAS_ZK_AUTH) must be user:password"
+            )),
+        }
+    }
+
+    /// The `user:password` form, for a worker's environment.
+    pub fn expose(&self) -> &str {
+        &self.user_password
+    }
+}
+
+static AUTH: OnceLock<Option<ZkAuth>> = OnceLock::new();
+
+/// Sets this process's ZooKeeper credentials, once, before the first session
+/// (later calls are ignored: a process keeps one identity).
+pub fn set_auth(auth: Option<ZkAuth>) {
+    let _ = AUTH.set(auth);
+}
+
+/// This process's ZooKeeper credentials, if any.
+pub fn auth() -> Option<&'static ZkAuth> {
+    AUTH.get().and_then(Option::as_ref)
+}
+
 /// Opens a ZooKeeper session, retrying until `patience` runs out.
 pub async fn connect(
     hosts: &str,
@@ -86,10 +142,13 @@ pub async fn connect(
 ) -> anyhow::Result<zk::Client> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        let attempt = zk::Client::connector()
+        let mut connector = zk::Client::connector()
             .with_session_timeout(session_timeout)
-            .with_connection_timeout(Duration::from_secs(2))
-            .connect(hosts);
+            .with_connection_timeout(Duration::from_secs(2));
+        if let Some(a) = auth() {
+            connector = connector.with_auth("digest", a.user_password.as_bytes());
+        }
+        let attempt = connector.connect(hosts);
         match tokio::time::timeout(Duration::from_secs(5), attempt).await {
             Ok(Ok(client)) => {
                 ensure_layout(&client).await?;
@@ -111,25 +170,82 @@ pub async fn connect(
     }
 }
 
+/// The ACL of every znode the project creates: the credentials' identity
+/// only when there are credentials, else anyone.
+pub fn acls() -> zk::Acls<'static> {
+    if auth().is_some() {
+        zk::Acls::creator_all()
+    } else {
+        zk::Acls::anyone_all()
+    }
+}
+
 pub fn persistent() -> zk::CreateOptions<'static> {
-    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
+    zk::CreateMode::Persistent.with_acls(acls())
 }
 
 pub fn ephemeral() -> zk::CreateOptions<'static> {
-    zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all())
+    zk::CreateMode::Ephemeral.with_acls(acls())
+}
+
+fn layout_error(path: &str, e: zk::Error) -> anyhow::Error {
+    if e == zk::Error::NoAuth {
+        anyhow::anyhow!(
+            "{path}: not authorized: the project's znodes belong to other ZooKeeper \
+             credentials (check DBAAS_ZK_AUTH / DBAAS_ZK_AUTH_FILE)"
+        )
+    } else {
+        anyhow::anyhow!("creating {path}: {e}")
+    }
 }
 
 async fn ensure_layout(client: &zk::Client) -> anyhow::Result<()> {
     for path in [ROOT, WORKERS, ASSIGNED] {
         match client.create(path, b"", &persistent()).await {
             Ok(_) | Err(zk::Error::NodeExists) => {}
-            Err(e) => return Err(anyhow::anyhow!("creating {path}: {e}")),
+            Err(e) => return Err(layout_error(path, e)),
         }
     }
     match client.create(EPOCH, b"0", &persistent()).await {
-        Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
-        Err(e) => Err(anyhow::anyhow!("creating {EPOCH}: {e}")),
+        Ok(_) | Err(zk::Error::NodeExists) => {}
+        Err(e) => return Err(layout_error(EPOCH, e)),
     }
+    if auth().is_some() {
+        restrict_open_nodes(client).await?;
+    }
+    Ok(())
+}
+
+/// Gives the persistent znodes an earlier run created open to anyone the
+/// credentials-only ACL (ephemeral ones of that run go with their sessions).
+async fn restrict_open_nodes(client: &zk::Client) -> anyhow::Result<()> {
+    let mut paths: Vec<String> = [ROOT, WORKERS, ASSIGNED, EPOCH]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    match client.list_children(ASSIGNED).await {
+        Ok(children) => paths.extend(children.iter().map(|c| assigned_path(c))),
+        Err(e) => return Err(layout_error(ASSIGNED, e)),
+    }
+    for path in paths {
+        let (acl, stat) = match client.get_acl(&path).await {
+            Ok(found) => found,
+            Err(zk::Error::NoNode) => continue,
+            Err(e) => return Err(layout_error(&path, e)),
+        };
+        if !acl.iter().any(|a| a.scheme() == "world") {
+            continue;
+        }
+        match client.set_acl(&path, &acls(), Some(stat.aversion)).await {
+            Ok(_) => tracing::warn!(
+                path,
+                "znode was open to every ZooKeeper client; restricted to the configured credentials"
+            ),
+            Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => {}
+            Err(e) => return Err(layout_error(&path, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Reads the master znode, if there is a master.

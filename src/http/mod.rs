@@ -1,6 +1,8 @@
 //! The orchestrator's HTTP API: thin handlers grouped by resource. Every route
-//! answers other methods with a JSON 405, unknown paths with a JSON 404.
+//! answers other methods with a JSON 405, unknown paths with a JSON 404; who
+//! may call which route is [`auth`]'s business.
 
+pub mod auth;
 pub mod body;
 pub mod db;
 pub mod error;

@@ -198,6 +198,8 @@ pub struct DbaasClient {
     base: String,
     seq: Arc<AtomicU64>,
     retry: Retry,
+    /// Sent as `Authorization: Bearer` with every call (a `data` token).
+    token: Option<crate::config::Secret>,
 }
 
 /// An HTTP client with a total timeout per request (and a shorter connect timeout).
@@ -217,7 +219,14 @@ impl DbaasClient {
             base: base.trim_end_matches('/').to_string(),
             seq: Arc::new(AtomicU64::new(0)),
             retry: Retry::default(),
+            token: None,
         }
+    }
+
+    /// This client sending `token` (the DBaaS's `data` scope is enough) with every call.
+    pub fn with_token(mut self, token: Option<crate::config::Secret>) -> DbaasClient {
+        self.token = token;
+        self
     }
 
     /// This client with another retry policy.
@@ -366,6 +375,9 @@ impl DbaasClient {
         let mut request = self.http.post(&url).json(body).timeout(timeout);
         if let Some(key) = key {
             request = request.header(crate::http::db::IDEMPOTENCY_KEY, key);
+        }
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose());
         }
         let resp = request
             .send()

@@ -37,6 +37,8 @@ pub struct Config {
     /// How long a DBaaS call without an answer is retried in all (see
     /// [`super::dbaas_client::Retry`]).
     pub retry_budget: Duration,
+    /// The DBaaS `data` token sent with every call (None: an open DBaaS).
+    pub dbaas_token: Option<crate::config::Secret>,
     /// Timeout of each call to the DBaaS and the users service.
     pub timeout: Duration,
 }
@@ -324,7 +326,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http = http_client(config.timeout)?;
     let state = web::Data::new(State {
         db: DbaasClient::new(http.clone(), &config.dbaas_url)
-            .with_retry(Retry::new(config.timeout, config.retry_budget)),
+            .with_retry(Retry::new(config.timeout, config.retry_budget))
+            .with_token(config.dbaas_token.clone()),
         users: UsersApi::new(http, &config.users_url, &config.origin)?,
     });
     tracing::info!(

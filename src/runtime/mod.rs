@@ -21,6 +21,15 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     /// Asks the worker to stop (SIGTERM: it unregisters and finishes in-flight
     /// work); kills it if it has not exited within the grace period.
     fn stop(&self, pid: u32) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Whether `pid`, registered under `/dbaas/workers` with `started_at_ms`,
+    /// is a worker this runtime may act on: one it started, or one it adopts
+    /// after verifying it is really a worker. The supervisor ignores (and never
+    /// signals) the others. Runtimes that only ever act on what they track
+    /// (docker: its labelled containers) vouch for every pid.
+    fn vouch(&self, pid: u32, started_at_ms: i64) -> bool {
+        let _ = (pid, started_at_ms);
+        true
+    }
 }
 
 /// Sender half of a runtime's exit notifications.
