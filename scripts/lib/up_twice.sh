@@ -4,6 +4,7 @@
 # is there, with every worker resuming its own copy (no replay, no snapshot).
 # Private ports and run directory, so a running scripts/up is left alone.
 # Sourced by scripts/test (after services.sh); uses the debug binaries.
+# Runs under `set -e`: every command that may fail is checked.
 
 # exited PID: the process is gone (or a zombie waiting for us to reap it).
 exited() {
@@ -34,9 +35,9 @@ up_twice() {
     local up=$!
     if ! wait_for "scripts/up (round $round)" 300 curl -sf "http://127.0.0.1:$lb/api/v1/users"; then
       tail -30 "$dir/up-$round.log" >&2
-      kill -TERM "$up" 2>/dev/null
+      kill -TERM "$up" 2>/dev/null || true
       wait_for "scripts/up to stop" 90 exited "$up" || kill -KILL -- "-$up" 2>/dev/null
-      wait "$up" 2>/dev/null
+      wait "$up" 2>/dev/null || true
       up_twice_leftovers "$dir"
       return 1
     fi
@@ -48,22 +49,23 @@ up_twice() {
     else
       curl -sf "http://127.0.0.1:$lb/api/v1/users" | grep -q "\"$name\"" && ok=1
       local status
-      status=$(curl -sf "http://127.0.0.1:$orch/api/v1/worker/status")
+      status=$(curl -sf "http://127.0.0.1:$orch/api/v1/worker/status") || status=""
       # Every worker reopened its own copy.
       if [ "$(grep -o '"start":"[a-z_]*"' <<<"$status" | sort -u)" != '"start":"own_file"' ]; then
         log "not every worker resumed its own copy: $status"
         ok=0
       fi
     fi
-    # TERM, as Ctrl-C would be INT: a background job of a script ignores INT.
     # TERM: Ctrl-C's INT is ignored by a script started in the background.
-    kill -TERM "$up"
+    kill -TERM "$up" 2>/dev/null || true
     if ! wait_for "scripts/up to stop (round $round)" 90 exited "$up"; then
-      kill -KILL -- "-$up" 2>/dev/null
+      kill -KILL -- "-$up" 2>/dev/null || true
       up_twice_leftovers "$dir"
       ok=0
     fi
-    wait "$up" 2>/dev/null
+    # Its status is the signal's (143): the round's verdict is $ok. (Under
+    # scripts/test's `set -e` a bare `wait` would end the whole run.)
+    wait "$up" 2>/dev/null || true
     if [ "$ok" != 1 ]; then
       log "scripts/up round $round failed"
       tail -40 "$dir/up-$round.log" >&2
