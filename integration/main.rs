@@ -17,4 +17,5 @@ mod replication;
 mod restarts;
 mod rideshare;
 mod scaling;
+mod snapshots;
 mod transactions;
