@@ -198,12 +198,13 @@ async fn open_copy(
     slot.discard_data();
     let db_path = slot.db_path();
     let offered = if config.catch_up == CatchUp::Snapshot {
-        // Sources: caught-up workers. None (the first workers): replay the log.
+        // Sources: caught-up workers (one being promoted too: it serves once
+        // master, as the only one). None (the first workers): replay the log.
         let sources = || async {
             Ok(coord::workers(zk)
                 .await?
                 .iter()
-                .any(|w| matches!(w.role, Role::Slave | Role::Master)))
+                .any(|w| matches!(w.role, Role::Slave | Role::Promoting | Role::Master)))
         };
         snapshot::fetch_with_retries(
             conn,

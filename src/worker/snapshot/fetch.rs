@@ -136,7 +136,6 @@ async fn attempt(
             Ok(Some(Err(e))) => return Err(failed(source, e)),
             Ok(Some(Ok(d))) => d,
         };
-        let _ = delivery.ack(BasicAckOptions::default()).await;
         if delivery
             .properties
             .correlation_id()
@@ -144,6 +143,7 @@ async fn attempt(
             .map(|c| c.as_str())
             != Some(id.as_str())
         {
+            let _ = delivery.ack(BasicAckOptions::default()).await;
             continue;
         }
         wait = settings.idle;
@@ -200,6 +200,9 @@ async fn attempt(
                 });
             }
         }
+        // Acknowledged once handled (a chunk: written): the source may send
+        // another only then.
+        let _ = delivery.ack(BasicAckOptions::default()).await;
     }
 }
 
