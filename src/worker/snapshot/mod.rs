@@ -10,7 +10,7 @@
 //! - [`fetch`]: the joiner side, one attempt; [`fetch::fetch_with_retries`]
 //!   retries until a source serves a transfer that checks out.
 //!
-//! The file travels in chunks ([`Settings::chunk_bytes`], 4 MiB by default)
+//! The file travels in chunks ([`Settings::chunk_bytes`], 1 MiB by default)
 //! over the joiner's private reply queue, with publisher confirms and at most
 //! [`IN_FLIGHT`] chunks unconfirmed on the source and at most [`IN_FLIGHT`]
 //! unacknowledged on the joiner, so neither side holds more than a few chunks
@@ -41,7 +41,7 @@ pub const CHUNK_ENV: &str = "DBAAS_SNAPSHOT_CHUNK_BYTES";
 /// How long a joiner waits for the next frame of a transfer under way.
 pub const IDLE_ENV: &str = "DBAAS_SNAPSHOT_IDLE_MS";
 
-pub const DEFAULT_CHUNK_BYTES: usize = 4 << 20;
+pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(15);
 
 /// A snapshot written to disk, and where to resume the stream after it.
