@@ -18,4 +18,5 @@ mod restarts;
 mod rideshare;
 mod scaling;
 mod security;
+mod snapshots;
 mod transactions;

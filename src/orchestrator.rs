@@ -359,6 +359,7 @@ pub fn worker_env(config: &Config) -> Vec<(String, String)> {
         "DBAAS_SYNC_MAX_BYTES",
         "DBAAS_SYNC_SEGMENT_BYTES",
         "DBAAS_SYNC_MAX_AGE",
+        "DBAAS_SNAPSHOT_SECRET",
         broker::dead::DELIVERY_LIMIT_ENV,
     ] {
         if let Ok(v) = std::env::var(passthrough) {

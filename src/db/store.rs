@@ -478,6 +478,44 @@ impl Store {
         Ok((self.seq, self.epoch))
     }
 
+    /// Writes a consistent copy of the database file at `db` to `dest` without
+    /// the store's own connection: a connection of its own opens a read
+    /// transaction (WAL mode: writers go on meanwhile), reads the seq and epoch
+    /// *in* it, and copies that very state with SQLite's online backup,
+    /// `pages_per_step` pages at a time (`between_steps` runs after each step).
+    /// Returns the (seq, epoch) the copy holds. A caller that read the `syncQ`
+    /// offset before calling resumes from it without missing anything.
+    pub fn snapshot_file(
+        db: &Path,
+        dest: &Path,
+        pages_per_step: i32,
+        mut between_steps: impl FnMut(),
+    ) -> Result<(u64, u64), DbError> {
+        let _ = std::fs::remove_file(dest);
+        let conn = Connection::open(db)?;
+        conn.pragma_update(None, "query_only", true)?;
+        conn.execute_batch("BEGIN DEFERRED")?;
+        // The first read starts the transaction: the copy holds this state.
+        let seq = meta(&conn, SEQ)?;
+        let epoch = meta(&conn, EPOCH)?;
+        {
+            let mut out = Connection::open(dest)?;
+            let backup = rusqlite::backup::Backup::new(&conn, &mut out)?;
+            loop {
+                match backup.step(pages_per_step)? {
+                    rusqlite::backup::StepResult::Done => break,
+                    rusqlite::backup::StepResult::More => between_steps(),
+                    rusqlite::backup::StepResult::Busy | rusqlite::backup::StepResult::Locked => {
+                        std::thread::sleep(std::time::Duration::from_millis(5))
+                    }
+                    _ => between_steps(),
+                }
+            }
+        }
+        conn.execute_batch("COMMIT")?;
+        Ok((seq, epoch))
+    }
+
     /// A digest of every public table's rows, equal on replicas holding equal data.
     pub fn checksum(&self) -> Result<String, DbError> {
         let mut hasher = DefaultHasher::new();
@@ -1183,6 +1221,40 @@ mod tests {
             replica.commit("w3", 2, &user("u3")).expect("dedup"),
             s.commit("w3", 2, &user("u3")).expect("dedup")
         );
+    }
+
+    #[test]
+    fn a_snapshot_holds_the_state_its_read_transaction_began_with() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("db.sqlite");
+        let mut s = Store::open(&path).expect("db");
+        for i in 0..2000 {
+            s.commit(
+                &format!("w{i}"),
+                1,
+                &user(&format!("u{i:05}-{}", "x".repeat(200))),
+            )
+            .expect("commit");
+        }
+        let copy = dir.path().join("snap.sqlite");
+        let mut more = 0;
+        // Writes go on between the steps, on the store's own connection.
+        let (seq, epoch) = Store::snapshot_file(&path, &copy, 8, || {
+            more += 1;
+            s.commit(&format!("later{more}"), 1, &user(&format!("later{more}")))
+                .expect("commit during the snapshot");
+        })
+        .expect("snapshot");
+        assert!(more > 5, "the backup ran in several steps ({more})");
+        assert_eq!((seq, epoch), (2000, 1));
+        let copy = Store::open(&copy).expect("open copy");
+        assert_eq!(
+            copy.seq(),
+            2000,
+            "the copy is the state the seq was read in"
+        );
+        assert_eq!(count(&copy, "users"), 2000);
+        assert_eq!(s.seq(), 2000 + more);
     }
 
     #[test]

@@ -80,7 +80,8 @@ pub struct WorkerState {
 }
 
 const PATIENCE: Duration = Duration::from_secs(60);
-/// How long a joining worker waits for a snapshot before reading the whole stream.
+/// How long a snapshot request waits for a source to take it (it is asked
+/// again, until a transfer checks out, while a source exists).
 const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(2);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -135,7 +136,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 anyhow::anyhow!("sync stopped: {stop}")
             }
             lost = election::session_lost(&zk) => break Err(anyhow::anyhow!("ZooKeeper session ended: {lost:?}")),
-            served = serve(&conn, &zk, state.clone(), &config) => match served {
+            served = serve(&conn, &zk, state.clone(), &config, &slot) => match served {
                 Ok(()) => break Ok(()),
                 Err(e) => e,
             },
@@ -196,13 +197,23 @@ async fn open_copy(
     }
     slot.discard_data();
     let db_path = slot.db_path();
-    let peers = coord::workers(zk).await?;
-    let offered = if config.catch_up == CatchUp::Snapshot
-        && peers
-            .iter()
-            .any(|w| matches!(w.role, Role::Slave | Role::Master))
-    {
-        snapshot::fetch(conn, &db_path, SNAPSHOT_PATIENCE).await?
+    let offered = if config.catch_up == CatchUp::Snapshot {
+        // Sources: caught-up workers (one being promoted too: it serves once
+        // master, as the only one). None (the first workers): replay the log.
+        let sources = || async {
+            Ok(coord::workers(zk)
+                .await?
+                .iter()
+                .any(|w| matches!(w.role, Role::Slave | Role::Promoting | Role::Master)))
+        };
+        snapshot::fetch_with_retries(
+            conn,
+            &db_path,
+            &slot.incoming_path(),
+            SNAPSHOT_PATIENCE,
+            sources,
+        )
+        .await?
     } else {
         None
     };
@@ -211,6 +222,8 @@ async fn open_copy(
             info!(
                 seq = snap.seq,
                 bytes = snap.bytes,
+                chunks = snap.chunks,
+                source = snap.source,
                 resume_offset = snap.resume_offset,
                 "loaded snapshot"
             );
@@ -326,6 +339,7 @@ async fn serve(
     zk: &zk::Client,
     state: WorkerState,
     config: &Config,
+    slot: &Slot,
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let marker = SyncMessage::Marker {
@@ -338,7 +352,8 @@ async fn serve(
     // Every consumer is owned here: one that ends (its channel or the
     // connection closed) ends the worker, crash-only, and the worker that
     // replaces it resumes this slot's copy.
-    let mut snapshots = snapshot::serve(conn, state.clone(), config.data_dir.clone()).await?;
+    let mut snapshots =
+        snapshot::serve(conn, state.clone(), slot.db_path(), slot.outgoing_path()).await?;
     let mut reads = reads::start(conn, READ_Q, state.clone(), config.read_wait, None).await?;
     let epoch = tokio::select! {
         won = election::win(zk, &state) => won?,

@@ -144,11 +144,6 @@ impl Replica {
         self.with_store(move |s| s.record_leading(epoch)).await
     }
 
-    /// Online backup of this copy to `path`: (seq, epoch) it holds.
-    pub async fn backup_to(&self, path: std::path::PathBuf) -> Result<(u64, u64), DbError> {
-        self.with_store(move |s| s.backup_to(&path)).await
-    }
-
     /// Waits until this replica has applied `seq`; false if `patience` ran out first.
     pub async fn wait_for_seq(&self, seq: u64, patience: Duration) -> bool {
         let mut rx = self.applied.subscribe();

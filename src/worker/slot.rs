@@ -6,6 +6,13 @@
 //! so two live workers never share a file, and a worker started after another
 //! one stopped takes over its file and resumes from where that file ends
 //! instead of copying everything again.
+//!
+//! The slot also names the two snapshot files a worker may have in transit
+//! (`slot-<n>.snapshot-in` while it receives one, `slot-<n>.snapshot-out`
+//! while it serves one); the next owner of the slot removes whatever a dead
+//! one left. The data directory therefore holds one file per slot ever used
+//! (a free slot's file waits for the next worker, which resumes it) plus at
+//! most one snapshot per transfer under way.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
@@ -34,11 +41,13 @@ impl Slot {
                 .open(&path)?;
             match file.try_lock() {
                 Ok(()) => {
-                    return Ok(Slot {
+                    let slot = Slot {
                         index,
                         dir: dir.to_path_buf(),
                         _lock: file,
-                    })
+                    };
+                    slot.remove_transfers();
+                    return Ok(slot);
                 }
                 Err(TryLockError::WouldBlock) => continue,
                 Err(TryLockError::Error(e)) => {
@@ -57,12 +66,33 @@ impl Slot {
         self.dir.join(format!("slot-{}.sqlite", self.index))
     }
 
+    /// Where a snapshot this slot's worker receives is written until checked.
+    pub fn incoming_path(&self) -> PathBuf {
+        self.dir.join(format!("slot-{}.snapshot-in", self.index))
+    }
+
+    /// Where a snapshot this slot's worker serves is taken.
+    pub fn outgoing_path(&self) -> PathBuf {
+        self.dir.join(format!("slot-{}.snapshot-out", self.index))
+    }
+
     /// Removes this slot's SQLite file (and its WAL), so that the next worker
     /// in the slot starts from a snapshot.
     pub fn discard_data(&self) {
         let db = self.db_path();
-        for suffix in ["", "-wal", "-shm"] {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+        }
+        self.remove_transfers();
+    }
+
+    /// Removes snapshot files a transfer left (a worker of this slot that
+    /// died during one).
+    pub fn remove_transfers(&self) {
+        for path in [self.incoming_path(), self.outgoing_path()] {
+            for suffix in ["", "-journal", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
         }
     }
 }
@@ -96,5 +126,18 @@ mod tests {
         for suffix in ["", "-wal", "-shm"] {
             assert!(!Path::new(&format!("{}{suffix}", slot.db_path().display())).exists());
         }
+    }
+
+    #[test]
+    fn the_next_owner_removes_the_snapshots_a_dead_one_left_in_transit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let slot = Slot::claim(dir.path()).expect("slot");
+        std::fs::write(slot.db_path(), b"kept").expect("write");
+        std::fs::write(slot.incoming_path(), b"partial").expect("write");
+        std::fs::write(slot.outgoing_path(), b"backup").expect("write");
+        drop(slot);
+        let next = Slot::claim(dir.path()).expect("slot");
+        assert!(!next.incoming_path().exists() && !next.outgoing_path().exists());
+        assert!(next.db_path().exists(), "the slot's own copy is kept");
     }
 }
