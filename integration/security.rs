@@ -459,18 +459,22 @@ async fn a_fake_worker_naming_an_unrelated_process_is_never_signalled() {
 async fn a_restarted_orchestrator_adopts_real_workers_after_verifying_them() {
     let ns = common::namespace("sec-adopt").await;
     let data = tempfile::tempdir().expect("tempdir");
-    let opts = || Options {
+    let opts = |stop_workers: bool| Options {
         namespace: Some(ns.clone()),
         data_dir: Some(data.path().to_path_buf()),
-        extra_env: vec![("DBAAS_STOP_WORKERS_ON_EXIT".into(), "false".into())],
+        extra_env: vec![(
+            "DBAAS_STOP_WORKERS_ON_EXIT".into(),
+            stop_workers.to_string(),
+        )],
         ..Options::default()
     };
-    let mut first = Orchestrator::start("sec-adopt", opts()).await;
+    let mut first = Orchestrator::start("sec-adopt", opts(false)).await;
     let workers = first.pids().await;
     first.stop();
     assert!(workers.iter().all(|p| common::alive(*p)), "workers stopped");
 
-    let second = Orchestrator::start("sec-adopt", opts()).await;
+    // This one stops its workers with it: none outlives the test.
+    let second = Orchestrator::start("sec-adopt", opts(true)).await;
     assert_eq!(second.pids().await, workers, "the same workers, adopted");
     assert!(
         second.log().contains("adopted a running worker process"),
