@@ -83,11 +83,13 @@ build_images() {
 build_base_image() {
   if podman image exists "$BASE_IMAGE"; then return 0; fi
   local tar=$IMAGE_CACHE/debian-bookworm-minbase.tar
-  if [ ! -s "$tar" ]; then
+  if [ ! -f "$tar" ] || [ ! -s "$tar" ]; then
     apt_install mmdebstrap
+    rm -rf "$tar" "$tar.part"
     mkdir -p "$IMAGE_CACHE"
     log "building a Debian bookworm root filesystem with mmdebstrap (cached in $tar)"
-    mmdebstrap --variant=minbase --quiet bookworm "$tar.part"
+    # An explicit format: the .part name would otherwise mean a directory.
+    mmdebstrap --variant=minbase --format=tar --quiet bookworm "$tar.part"
     mv "$tar.part" "$tar"
   fi
   log "importing $tar as $BASE_IMAGE"
