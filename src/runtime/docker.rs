@@ -72,7 +72,7 @@ pub fn describe(e: &DockerError, image: &str) -> String {
             status_code: 404,
             message,
         } if message.contains("image") => {
-            format!("image {image} not found on the Docker host (build it first: scripts/images): {message}")
+            format!("image {image} not found on the Docker host (build it first: scripts/stack images): {message}")
         }
         DockerError::DockerResponseServerError {
             status_code: 404,
