@@ -49,34 +49,6 @@ async fn load(o: &Orchestrator, rows: usize) -> String {
     name
 }
 
-/// Waits (up to `patience`) for a strong read of `name`; how long it took.
-async fn read_back(o: &Orchestrator, name: &str, patience: Duration) -> Duration {
-    let started = Instant::now();
-    wait_until("the last write is read back", patience, || async {
-        let (status, body) = o
-            .read(json!({"table": "users", "where": {"username": name}, "consistency": "strong"}))
-            .await;
-        (status == 200 && body["rows"].as_array().is_some_and(|r| r.len() == 1)).then_some(())
-    })
-    .await
-    .unwrap_or_else(|| panic!("{name} never read back: {}", o.log()));
-    started.elapsed()
-}
-
-/// Waits for the first acknowledged write; how long it took.
-async fn first_write(o: &Orchestrator, name: &str, patience: Duration) -> Duration {
-    let started = Instant::now();
-    wait_until("a write is acknowledged", patience, || async {
-        let (status, _) = o
-            .write(json!({"table": "users", "insert": {"username": name, "password": "p"}}))
-            .await;
-        (status == 200 || status == 409).then_some(())
-    })
-    .await
-    .unwrap_or_else(|| panic!("no write acknowledged: {}", o.log()));
-    started.elapsed()
-}
-
 /// Waits for the first answered read; how long it took.
 async fn first_read(o: &Orchestrator, patience: Duration) -> Duration {
     let started = Instant::now();
@@ -103,7 +75,7 @@ async fn whole_system(rows: usize) -> (f64, Vec<String>) {
     brokers.start_rabbitmq();
     let started = Instant::now();
     let o = Orchestrator::spawn("bench-restart", &options(&brokers, data.path())).await;
-    read_back(&o, &last, Duration::from_secs(300)).await;
+    o.read_back(&last, Duration::from_secs(300)).await;
     let took = started.elapsed().as_secs_f64();
     let status = o.wait_for_workers(1).await;
     let starts = status["workers"]
@@ -125,7 +97,7 @@ async fn rabbitmq_restart() -> f64 {
     load(&o, 1000).await;
     brokers.stop_rabbitmq();
     brokers.start_rabbitmq();
-    first_write(&o, "after-rabbitmq", Duration::from_secs(300))
+    o.first_write("after-rabbitmq", Duration::from_secs(300))
         .await
         .as_secs_f64()
 }
@@ -141,7 +113,7 @@ async fn zookeeper_restart() -> (f64, f64) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     brokers.start_zookeeper();
     let (write, read) = tokio::join!(
-        first_write(&o, "after-zookeeper", Duration::from_secs(300)),
+        o.first_write("after-zookeeper", Duration::from_secs(300)),
         first_read(&o, Duration::from_secs(300))
     );
     (write.as_secs_f64(), read.as_secs_f64())

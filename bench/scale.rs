@@ -327,11 +327,9 @@ async fn transfer(brokers: &PrivateBrokers, file: &Path, chunk: usize) -> f64 {
     let conn = lapin::Connection::connect(&amqp, lapin::ConnectionProperties::default())
         .await
         .expect("connect");
-    let channel = conn.create_channel().await.expect("channel");
-    channel
-        .confirm_select(Default::default())
+    let channel = dbaas::broker::confirmed_channel(&conn)
         .await
-        .expect("confirms");
+        .expect("a channel with confirms");
     let mut requests = channel
         .basic_consume(
             "snapshotQ".into(),

@@ -155,19 +155,7 @@ async fn clear_empties_every_table() {
 async fn requests_without_workers_wait_out_their_deadline_and_a_queued_write_is_applied_later() {
     // Workers start behind a gate file: until it exists, there is no master.
     let dir = tempfile::tempdir().expect("tempdir");
-    let gate = dir.path().join("open");
-    let script = dir.path().join("gated-worker");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nwhile [ ! -e '{}' ]; do sleep 0.05; done\nexec '{}' \"$@\"\n",
-            gate.display(),
-            crate::common::bin("worker").display()
-        ),
-    )
-    .expect("write script");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    let (script, gate) = crate::common::gated_worker(dir.path());
     let o = Orchestrator::spawn(
         "nomaster",
         &Options {
@@ -181,13 +169,7 @@ async fn requests_without_workers_wait_out_their_deadline_and_a_queued_write_is_
     // Once the broker session is up (readiness then names only the missing
     // workers), nothing is refused for lack of a worker: the read waits for one
     // until its deadline (a failover takes far less), then says so.
-    wait_until("the broker session", Duration::from_secs(30), || async {
-        let (_, ready) = o.get_json("/api/v1/ready").await;
-        let reason = ready["error"].as_str().unwrap_or_default().to_string();
-        (!reason.contains("RabbitMQ")).then_some(())
-    })
-    .await
-    .expect("the orchestrator connected to RabbitMQ");
+    o.wait_for_broker_session().await;
     let (status, body) = o.read(json!({"table": "users"})).await;
     assert_eq!(status, 504, "no worker yet: {body}");
     assert!(

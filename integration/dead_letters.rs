@@ -97,23 +97,6 @@ fn dbaasctl(amqp_url: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn gated_worker(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let gate = dir.join("open");
-    let script = dir.join("gated-worker");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nwhile [ ! -e '{}' ]; do sleep 0.05; done\nexec '{}' \"$@\"\n",
-            gate.display(),
-            crate::common::bin("worker").display()
-        ),
-    )
-    .expect("write script");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    (script, gate)
-}
-
 fn user(name: &str) -> Value {
     json!({"table": "users", "insert": {"username": name, "password": "p"}})
 }
@@ -122,7 +105,7 @@ fn user(name: &str) -> Value {
 async fn writes_that_keep_killing_their_consumer_are_quarantined_and_the_others_applied() {
     // No master until the gate opens: meanwhile this test is the only consumer of writeQ.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (script, gate) = gated_worker(dir.path());
+    let (script, gate) = crate::common::gated_worker(dir.path());
     let o = Orchestrator::spawn(
         "poison",
         &Options {
@@ -133,13 +116,7 @@ async fn writes_that_keep_killing_their_consumer_are_quarantined_and_the_others_
         },
     )
     .await;
-    wait_until("the broker session", Duration::from_secs(30), || async {
-        let (_, ready) = o.get_json("/api/v1/ready").await;
-        let reason = ready["error"].as_str().unwrap_or_default().to_string();
-        (!reason.contains("RabbitMQ")).then_some(())
-    })
-    .await
-    .expect("the orchestrator connected to RabbitMQ");
+    o.wait_for_broker_session().await;
     let amqp = o.ns.amqp_url.clone();
     let conn = connect(&amqp).await;
 
@@ -251,15 +228,7 @@ async fn writes_that_keep_killing_their_consumer_are_quarantined_and_the_others_
     )
     .await;
     assert!(status.is_some(), "{}", o.status().await);
-    let metrics = o
-        .http
-        .get(o.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = o.metrics_text().await;
     assert!(
         metrics.lines().any(|l| l == "dbaas_dead_writes 3"),
         "{metrics}"

@@ -40,26 +40,11 @@ pub(crate) async fn write_users(o: &Orchestrator, prefix: &str, n: usize) -> Vec
     names
 }
 
-/// Waits until a write is acknowledged again; returns how long it took.
-async fn first_write_after(o: &Orchestrator, name: &str, patience: Duration) -> Duration {
-    let started = Instant::now();
-    wait_until("a write is acknowledged again", patience, || async {
-        let (status, _) = o
-            .write(json!({"table": "users", "insert": {"username": name, "password": "p"}}))
-            .await;
-        // A 409 means an earlier attempt of this insert was applied.
-        (status == 200 || status == 409).then_some(())
-    })
-    .await
-    .unwrap_or_else(|| panic!("no write acknowledged within {patience:?}: {}", o.log()));
-    started.elapsed()
-}
-
 /// After a fault has ended: the first acknowledged write (its time printed
 /// under `label`), ten more, and every acknowledged write present once.
 async fn recovers(o: &Orchestrator, mut names: Vec<String>, label: &str) {
     let first = format!("after-{label}");
-    let took = first_write_after(o, &first, Duration::from_secs(240)).await;
+    let took = o.first_write(&first, Duration::from_secs(240)).await;
     eprintln!("{label}: back -> first acknowledged write: {took:?}");
     names.push(first);
     names.extend(write_users(o, &format!("{label}-then"), 10).await);
@@ -221,20 +206,7 @@ async fn whole_system_restarted_on_the_same_data_resumes_each_workers_copy() {
     let started = Instant::now();
     let o = Orchestrator::spawn("whole-restart", &opts()).await;
     let last = names.last().expect("a name").clone();
-    wait_until(
-        "the last write is read back",
-        Duration::from_secs(240),
-        || async {
-            let (status, body) = o
-                .read(
-                    json!({"table": "users", "where": {"username": last}, "consistency": "strong"}),
-                )
-                .await;
-            (status == 200 && body["rows"].as_array().is_some_and(|r| r.len() == 1)).then_some(())
-        },
-    )
-    .await
-    .unwrap_or_else(|| panic!("the last write never came back: {}", o.log()));
+    o.read_back(&last, Duration::from_secs(240)).await;
     eprintln!(
         "whole-system restart ({} writes): orchestrator start -> first read of the last write: {:?}",
         names.len(),

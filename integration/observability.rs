@@ -12,16 +12,9 @@ use crate::common::{wait_until, Options, Orchestrator};
 
 /// `name{labels}` → value, from the Prometheus text format.
 async fn scrape(o: &Orchestrator) -> BTreeMap<String, f64> {
-    let text = o
-        .http
-        .get(o.url("/metrics"))
-        .send()
+    o.metrics_text()
         .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
-    text.lines()
+        .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| {
             let (k, v) = l.rsplit_once(' ')?;

@@ -158,11 +158,9 @@ impl Impostor {
         let conn = lapin::Connection::connect(amqp, lapin::ConnectionProperties::default())
             .await
             .expect("connect");
-        let channel = conn.create_channel().await.expect("channel");
-        channel
-            .confirm_select(Default::default())
+        let channel = dbaas::broker::confirmed_channel(&conn)
             .await
-            .expect("confirms");
+            .expect("a channel with confirms");
         let mut args = FieldTable::default();
         args.insert("x-priority".into(), AMQPValue::LongInt(100));
         let requests = channel

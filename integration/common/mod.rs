@@ -178,12 +178,13 @@ impl Orchestrator {
     pub async fn start(test: &str, opts: Options) -> Orchestrator {
         let o = Self::spawn(test, &opts).await;
         o.wait_for_workers(opts.slaves).await;
+        if opts.slaves == 0 {
+            // Never ready without a slave: its broker session is what is left.
+            o.wait_for_broker_session().await;
+            return o;
+        }
         let ready = wait_until("ready", Duration::from_secs(60), || async {
-            let (status, body) = o.get_json("/api/v1/ready").await;
-            // Without slaves the only reason left is the missing slave.
-            let brokers_up =
-                !body.to_string().contains("RabbitMQ") && !body.to_string().contains("ZooKeeper");
-            (status == 200 || (opts.slaves == 0 && brokers_up)).then_some(())
+            (o.get_json("/api/v1/ready").await.0 == 200).then_some(())
         })
         .await;
         if ready.is_none() {
@@ -367,6 +368,62 @@ impl Orchestrator {
         }
     }
 
+    /// Waits until the orchestrator's RabbitMQ session is up (readiness then
+    /// names no broker problem, whatever else it still waits for).
+    pub async fn wait_for_broker_session(&self) {
+        wait_until("the broker session", Duration::from_secs(30), || async {
+            let (_, ready) = self.get_json("/api/v1/ready").await;
+            let reason = ready["error"].as_str().unwrap_or_default().to_string();
+            (!reason.contains("RabbitMQ")).then_some(())
+        })
+        .await
+        .expect("the orchestrator connected to RabbitMQ");
+    }
+
+    /// Waits (up to `patience`) until inserting user `name` is acknowledged
+    /// (a 409 means an earlier attempt was applied); how long it took.
+    pub async fn first_write(&self, name: &str, patience: Duration) -> Duration {
+        let started = Instant::now();
+        wait_until("a write is acknowledged", patience, || async {
+            let (status, _) = self
+                .write(json!({"table": "users", "insert": {"username": name, "password": "p"}}))
+                .await;
+            (status == 200 || status == 409).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("no write acknowledged within {patience:?}: {}", self.log()));
+        started.elapsed()
+    }
+
+    /// Waits (up to `patience`) until a strong read finds user `name` once;
+    /// how long it took.
+    pub async fn read_back(&self, name: &str, patience: Duration) -> Duration {
+        let started = Instant::now();
+        wait_until("the write is read back", patience, || async {
+            let (status, body) = self
+                .read(
+                    json!({"table": "users", "where": {"username": name}, "consistency": "strong"}),
+                )
+                .await;
+            (status == 200 && body["rows"].as_array().is_some_and(|r| r.len() == 1)).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{name} never read back: {}", self.log()));
+        started.elapsed()
+    }
+
+    /// The `/metrics` text (Prometheus format).
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn status(&self) -> Value {
         self.get_json("/api/v1/worker/status").await.1
     }
@@ -502,6 +559,26 @@ fn print_worker_logs(dir: &Path) {
             }
         }
     }
+}
+
+/// A worker binary behind a gate: a script in `dir` that waits until the gate
+/// file exists, then runs the worker (so a test decides when workers start).
+/// Returns (script, gate).
+pub fn gated_worker(dir: &Path) -> (PathBuf, PathBuf) {
+    let gate = dir.join("open");
+    let script = dir.join("gated-worker");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nwhile [ ! -e '{}' ]; do sleep 0.05; done\nexec '{}' \"$@\"\n",
+            gate.display(),
+            bin("worker").display()
+        ),
+    )
+    .expect("write script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    (script, gate)
 }
 
 /// Polls `check` every 50 ms until it yields a value or `patience` runs out.

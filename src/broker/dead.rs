@@ -21,7 +21,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use serde::Serialize;
@@ -99,25 +99,6 @@ pub fn write_queue_arguments(limit: u64) -> FieldTable {
     args
 }
 
-fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    }
-}
-
-fn passive() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    }
-}
-
-/// Whether `e` is the broker's 406 PRECONDITION_FAILED (which also closed the channel).
-fn precondition_failed(e: &lapin::Error) -> bool {
-    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
-}
-
 /// Declares `writeQ.dead` and `writeQ` (a quorum queue, see the module doc).
 ///
 /// A `writeQ` that exists with other arguments makes the broker refuse (406,
@@ -129,17 +110,21 @@ pub async fn declare(conn: &Connection) -> anyhow::Result<()> {
     let limit = write_delivery_limit();
     let channel = conn.create_channel().await?;
     channel
-        .queue_declare(DEAD_WRITE_Q.into(), durable(), FieldTable::default())
+        .queue_declare(DEAD_WRITE_Q.into(), super::durable(), FieldTable::default())
         .await?;
     match channel
-        .queue_declare(WRITE_Q.into(), durable(), write_queue_arguments(limit))
+        .queue_declare(
+            WRITE_Q.into(),
+            super::durable(),
+            write_queue_arguments(limit),
+        )
         .await
     {
         Ok(_) => {
             let _ = channel.close(200, "declared".into()).await;
             Ok(())
         }
-        Err(e) if precondition_failed(&e) => migrate(conn, limit).await,
+        Err(e) if super::is_precondition_failed(&e) => migrate(conn, limit).await,
         Err(e) => Err(e.into()),
     }
 }
@@ -151,11 +136,11 @@ async fn migrate(conn: &Connection, limit: u64) -> anyhow::Result<()> {
     // queue accepts this declaration.
     let channel = conn.create_channel().await?;
     let legacy = match channel
-        .queue_declare(WRITE_Q.into(), durable(), FieldTable::default())
+        .queue_declare(WRITE_Q.into(), super::durable(), FieldTable::default())
         .await
     {
         Ok(q) => q,
-        Err(e) if precondition_failed(&e) => {
+        Err(e) if super::is_precondition_failed(&e) => {
             return Err(anyhow::anyhow!(
                 "writeQ exists with other arguments than this process declares (a quorum queue with x-delivery-limit {}): every process must run with the same {DELIVERY_LIMIT_ENV} (this one has {limit}); to change it, delete writeQ while it is empty",
                 limit + 1
@@ -184,7 +169,11 @@ async fn migrate(conn: &Connection, limit: u64) -> anyhow::Result<()> {
         }
     }
     channel
-        .queue_declare(WRITE_Q.into(), durable(), write_queue_arguments(limit))
+        .queue_declare(
+            WRITE_Q.into(),
+            super::durable(),
+            write_queue_arguments(limit),
+        )
         .await?;
     let _ = channel.close(200, "migrated".into()).await;
     info!(
@@ -197,7 +186,7 @@ async fn migrate(conn: &Connection, limit: u64) -> anyhow::Result<()> {
 /// Messages in `writeQ.dead` now (a passive declare, which leaves it as it is).
 pub async fn depth(channel: &Channel) -> lapin::Result<u32> {
     let q = channel
-        .queue_declare(DEAD_WRITE_Q.into(), passive(), FieldTable::default())
+        .queue_declare(DEAD_WRITE_Q.into(), super::passive(), FieldTable::default())
         .await?;
     Ok(q.message_count())
 }

@@ -149,13 +149,9 @@ fn failure_class(e: &anyhow::Error) -> String {
 /// Declares the queues but `writeQ` and `writeQ.dead`, which [`dead::declare`]
 /// declares (idempotent: every process declares them).
 pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
     for q in [READ_Q, RESPONSE_Q, MASTER_READ_Q, SNAPSHOT_Q] {
         channel
-            .queue_declare(q.into(), durable, FieldTable::default())
+            .queue_declare(q.into(), durable(), FieldTable::default())
             .await?;
     }
     Ok(())
@@ -229,29 +225,18 @@ pub fn sync_stream_args(retention: &SyncRetention) -> FieldTable {
 /// losing the log. Its retention is then changed with a policy, which applies
 /// to an existing stream (docs/replication.md).
 pub async fn declare_sync_stream(conn: &Connection) -> lapin::Result<()> {
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
     let retention = sync_retention();
     let declared = conn
         .create_channel()
         .await?
-        .queue_declare(SYNC_Q.into(), durable, sync_stream_args(&retention))
+        .queue_declare(SYNC_Q.into(), durable(), sync_stream_args(&retention))
         .await;
     match declared {
         Ok(_) => Ok(()),
         Err(e) if is_precondition_failed(&e) => {
             conn.create_channel()
                 .await?
-                .queue_declare(
-                    SYNC_Q.into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..durable
-                    },
-                    FieldTable::default(),
-                )
+                .queue_declare(SYNC_Q.into(), passive(), FieldTable::default())
                 .await?;
             warn!(
                 ?retention,
@@ -263,10 +248,26 @@ pub async fn declare_sync_stream(conn: &Connection) -> lapin::Result<()> {
     }
 }
 
-/// A channel error of kind PRECONDITION_FAILED (406): a queue redeclared with
-/// other arguments.
+/// Whether `e` is the broker's 406 PRECONDITION_FAILED (a queue redeclared
+/// with other arguments; it also closed the channel).
 fn is_precondition_failed(e: &lapin::Error) -> bool {
-    e.to_string().contains("PRECONDITION_FAILED")
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
+}
+
+/// Declare options of a durable queue.
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+/// Declare options that only check a queue exists.
+fn passive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    }
 }
 
 /// A channel with publisher confirms on, for publishes that must not be lost.

@@ -381,8 +381,8 @@ async fn serve(
         "now master: serving writeQ"
     );
     // Everything applied so far came from the stream: acknowledged already.
-    let (acked, acked_rx) = watch::channel(state.replica.seq());
-    tokio::spawn(forward_confirmed(acked_rx.clone(), state.confirmed.clone()));
+    state.confirmed.send_replace(state.replica.seq());
+    let acked_rx = state.confirmed.subscribe();
     let fence = Fence::start(ZkAuthority {
         zk: zk.clone(),
         pid: state.pid,
@@ -401,21 +401,10 @@ async fn serve(
     )
     .await?;
     tokio::select! {
-        served = writes::run(conn, state, epoch, fence.clone(), acked) => served,
+        served = writes::run(conn, state.clone(), epoch, fence.clone(), state.confirmed.clone()) => served,
         why = fence.deposed() => Err(anyhow::anyhow!("deposed: {why}")),
         _ = master_reads.ended => Err(anyhow::anyhow!("readQ.master consumer ended")),
         _ = snapshots => Err(anyhow::anyhow!("snapshotQ consumer ended")),
-    }
-}
-
-/// Mirrors the write service's acknowledged seq into the worker's state (for
-/// snapshots and the clean stop), until the write service ends.
-async fn forward_confirmed(mut acked: watch::Receiver<u64>, confirmed: Arc<watch::Sender<u64>>) {
-    loop {
-        confirmed.send_replace(*acked.borrow_and_update());
-        if acked.changed().await.is_err() {
-            return;
-        }
     }
 }
 

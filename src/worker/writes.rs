@@ -17,6 +17,7 @@
 //! not applied: it is published to `writeQ.dead` (confirmed with the batch's
 //! `syncQ` entries) and answered with an error in its place in the batch.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
@@ -65,7 +66,7 @@ pub async fn run(
     state: WorkerState,
     epoch: u64,
     fence: Fence,
-    acked: watch::Sender<u64>,
+    acked: Arc<watch::Sender<u64>>,
 ) -> anyhow::Result<()> {
     let sync = broker::confirmed_channel(conn).await?;
     let replies = conn.create_channel().await?;
@@ -254,7 +255,7 @@ async fn answer(
     mut batches: mpsc::Receiver<Committed>,
     fence: Fence,
     replies: Channel,
-    acked: watch::Sender<u64>,
+    acked: Arc<watch::Sender<u64>>,
 ) -> anyhow::Result<()> {
     while let Some(first) = batches.recv().await {
         let mut group = vec![first];
