@@ -540,10 +540,42 @@ impl Orchestrator {
 
 impl Drop for Orchestrator {
     fn drop(&mut self) {
-        self.stop();
+        // Logs first: a container's go with it.
         if std::thread::panicking() {
             eprintln!("---- orchestrator log ----\n{}", self.log());
+            if let Process::Container(_) = self.process {
+                print_worker_container_logs(&self.ns.zk_hosts);
+            }
+        }
+        self.stop();
+        if std::thread::panicking() {
             print_worker_logs(&self.dir.path().join("logs"));
+        }
+    }
+}
+
+/// The last lines of every worker container labelled for this orchestrator
+/// (the docker runtime labels them with the ZooKeeper hosts it was given).
+fn print_worker_container_logs(instance: &str) {
+    let Ok(out) = Command::new("podman")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=dbaas.worker={instance}"),
+        ])
+        .output()
+    else {
+        return;
+    };
+    for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(logs) = Command::new("podman")
+            .args(["logs", "--tail", "40", id])
+            .output()
+        {
+            eprintln!("---- worker container {id} (last lines) ----");
+            eprintln!("{}", String::from_utf8_lossy(&logs.stdout));
+            eprintln!("{}", String::from_utf8_lossy(&logs.stderr));
         }
     }
 }

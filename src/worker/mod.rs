@@ -10,6 +10,7 @@
 
 pub mod election;
 pub mod fence;
+pub mod marks;
 pub mod reads;
 pub mod replica;
 pub mod slot;
@@ -65,8 +66,8 @@ pub struct WorkerState {
     pub pid: u32,
     pub replica: Replica,
     pub role: Arc<watch::Sender<Role>>,
-    /// The nonce of the last barrier read from `syncQ`.
-    pub barrier_seen: Arc<watch::Sender<Option<String>>>,
+    /// The markers and barriers read back from `syncQ`.
+    pub marks_seen: Arc<marks::Marks>,
     /// The epoch this worker leads in (0 while a slave).
     pub epoch: Arc<AtomicU64>,
     /// The `syncQ` offset after the last message the sync loop processed.
@@ -102,7 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         start,
         replica: Replica::new(store)?,
         role: Arc::new(watch::channel(Role::Joining).0),
-        barrier_seen: Arc::new(watch::channel(None).0),
+        marks_seen: Arc::new(marks::Marks::default()),
         epoch: Arc::new(AtomicU64::new(0)),
         stream_next: Arc::new(AtomicU64::new(0)),
         confirmed: Arc::new(watch::channel(0).0),
@@ -420,7 +421,7 @@ async fn read_back(
         SyncMessage::Barrier { nonce, .. } | SyncMessage::Marker { nonce, .. } => nonce.clone(),
         SyncMessage::Entry(_) => return Err(anyhow::anyhow!("an entry is no marker")),
     };
-    let mut seen = state.barrier_seen.subscribe();
+    let waiter = state.marks_seen.waiter();
     let channel = broker::confirmed_channel(conn).await?;
     let body = serde_json::to_vec(&message)?;
     broker::publish_confirmed(
@@ -431,12 +432,9 @@ async fn read_back(
         PATIENCE,
     )
     .await?;
-    tokio::time::timeout(
-        PATIENCE,
-        seen.wait_for(|n| n.as_deref() == Some(nonce.as_str())),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("did not read own marker back within {PATIENCE:?}"))??;
+    if !marks::Marks::wait(waiter, &nonce, PATIENCE).await {
+        anyhow::bail!("did not read own marker back within {PATIENCE:?}");
+    }
     let _ = channel.close(200, "marker read".into()).await;
     Ok(())
 }

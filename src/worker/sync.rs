@@ -97,11 +97,11 @@ async fn consume(
                     Ok(false) => warn!(epoch, master = pid, "ignored barrier of an old epoch"),
                     Err(e) => error!(error = %e, "recording epoch failed"),
                 }
-                state.barrier_seen.send_replace(Some(nonce));
+                state.marks_seen.record(nonce);
             }
             SyncMessage::Marker { pid, nonce } => {
                 if pid == state.pid {
-                    state.barrier_seen.send_replace(Some(nonce));
+                    state.marks_seen.record(nonce);
                 }
             }
         }
