@@ -39,6 +39,14 @@ impl SyncStop {
     }
 }
 
+/// Whether the barrier of (`pid`, `epoch`) means this worker (`me`, leading
+/// or about to lead with `role`, its copy at `current` epoch) has been
+/// replaced: another worker's barrier of a newer epoch. A barrier of an
+/// older or the same epoch is history replayed; a slave just follows.
+pub fn superseded_by(me: u32, role: Role, current: u64, pid: u32, epoch: u64) -> bool {
+    pid != me && matches!(role, Role::Master | Role::Promoting) && epoch > current
+}
+
 pub async fn run(conn: &Connection, state: WorkerState, from: StreamOffset) -> SyncStop {
     match consume(conn, &state, from).await {
         Ok(()) => SyncStop::Ended,
@@ -88,8 +96,8 @@ async fn consume(
             }
             SyncMessage::Barrier { epoch, pid, nonce } => {
                 let current = state.replica.epoch().await.unwrap_or(0);
-                let is_master = matches!(*state.role.borrow(), Role::Master | Role::Promoting);
-                if pid != state.pid && is_master && epoch > current {
+                let role = *state.role.borrow();
+                if superseded_by(state.pid, role, current, pid, epoch) {
                     return Err(SyncStop::Superseded { pid, epoch });
                 }
                 match state.replica.observe_epoch(epoch).await {
@@ -113,4 +121,35 @@ async fn consume(
         delivery.ack(BasicAckOptions::default()).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_another_workers_newer_barrier_supersedes_a_master() {
+        for role in [Role::Master, Role::Promoting] {
+            assert!(superseded_by(7, role, 3, 9, 4), "{role:?}: newer epoch");
+            assert!(
+                !superseded_by(7, role, 3, 9, 3),
+                "{role:?}: same epoch, replayed"
+            );
+            assert!(
+                !superseded_by(7, role, 3, 9, 2),
+                "{role:?}: older epoch, replayed"
+            );
+            assert!(
+                !superseded_by(7, role, 3, 7, 4),
+                "{role:?}: its own barrier"
+            );
+        }
+    }
+
+    #[test]
+    fn a_slave_is_never_superseded() {
+        for role in [Role::Slave, Role::Joining] {
+            assert!(!superseded_by(7, role, 3, 9, 4), "{role:?}");
+        }
+    }
 }

@@ -16,10 +16,14 @@
 //! delivery that is not. A delivery that came back as often as the limit is
 //! not applied: it is published to `writeQ.dead` (confirmed with the batch's
 //! `syncQ` entries) and answered with an error in its place in the batch.
+//!
+//! The answering rule itself is I/O-free in [`answer`] (unit-tested with
+//! fakes); this file is the lapin side: consuming, committing, publishing.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -31,6 +35,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+mod answer;
 mod quarantine;
 
 use super::fence::Fence;
@@ -38,6 +43,7 @@ use super::WorkerState;
 use crate::broker::messages::{ErrorReply, Reply, SyncMessage, WriteMessage};
 use crate::broker::{self, dead, SYNC_Q, WRITE_Q};
 use crate::db::{Commit, DbError};
+use answer::{Committed, Outbox};
 use quarantine::Verdict;
 
 /// Writes committed together at most.
@@ -46,14 +52,6 @@ pub const MAX_BATCH: usize = 64;
 /// bounds the writes delivered and unacknowledged (the prefetch on `writeQ`).
 pub const IN_FLIGHT: usize = 4;
 const CONFIRM_PATIENCE: Duration = Duration::from_secs(10);
-
-/// A batch committed and published, not yet answered.
-struct Committed {
-    deliveries: Vec<Delivery>,
-    replies: Vec<Reply>,
-    confirms: Vec<PublisherConfirm>,
-    last_seq: u64,
-}
 
 /// Consumes `writeQ` until the consumer ends, publishing to `syncQ` fails or
 /// this worker is no longer the master; either way the error is returned and the
@@ -71,7 +69,13 @@ pub async fn run(
     let sync = broker::confirmed_channel(conn).await?;
     let replies = conn.create_channel().await?;
     let (committed, to_answer) = mpsc::channel(IN_FLIGHT);
-    let mut answering = tokio::spawn(answer(to_answer, fence, replies, acked));
+    let mut answering = tokio::spawn(answer::run(
+        to_answer,
+        fence,
+        LapinOutbox(replies),
+        acked,
+        CONFIRM_PATIENCE,
+    ));
     let limit = dead::write_delivery_limit();
 
     // One at a time while the deliveries are suspects: a write that kills this
@@ -161,7 +165,7 @@ async fn commit_and_publish(
     epoch: u64,
     limit: u64,
     deliveries: Vec<Delivery>,
-) -> anyhow::Result<Committed> {
+) -> anyhow::Result<Committed<Delivery>> {
     // Quarantined and unreadable messages are answered with an error and take no part.
     let mut parsed: Vec<Option<Reply>> = Vec::with_capacity(deliveries.len());
     let mut writes = Vec::new();
@@ -178,7 +182,9 @@ async fn commit_and_publish(
                 request_id = broker::request_id(&delivery.properties).unwrap_or_default(),
                 "quarantining a write that came back unanswered {count} times: to writeQ.dead"
             );
-            confirms.push(quarantine::publish(sync, delivery, count, state.pid).await?);
+            confirms.push(confirmation(
+                quarantine::publish(sync, delivery, count, state.pid).await?,
+            ));
             parsed.push(Some(quarantine::refusal(write_id.as_deref(), count)));
             continue;
         }
@@ -202,7 +208,7 @@ async fn commit_and_publish(
             last_seq = entry.seq;
             let body = serde_json::to_vec(&SyncMessage::Entry(entry.clone()))?;
             let props = BasicProperties::default().with_delivery_mode(2);
-            confirms.push(
+            confirms.push(confirmation(
                 sync.basic_publish(
                     "".into(),
                     SYNC_Q.into(),
@@ -211,7 +217,7 @@ async fn commit_and_publish(
                     props,
                 )
                 .await?,
-            );
+            ));
         }
     }
     if !confirms.is_empty() {
@@ -248,74 +254,34 @@ fn reply_for(result: Option<Result<Commit, DbError>>) -> Reply {
     }
 }
 
-/// Answers the committed batches in order; returns at the first batch it may not
-/// answer (then nothing after it is answered or acked either). Batches that are
-/// waiting together are answered together: one fencing check for all of them.
-async fn answer(
-    mut batches: mpsc::Receiver<Committed>,
-    fence: Fence,
-    replies: Channel,
-    acked: Arc<watch::Sender<u64>>,
-) -> anyhow::Result<()> {
-    while let Some(first) = batches.recv().await {
-        let mut group = vec![first];
-        while let Ok(next) = batches.try_recv() {
-            group.push(next);
-        }
-        let last_seq = group.iter().map(|b| b.last_seq).max().unwrap_or(0);
-        let confirms = group
-            .iter_mut()
-            .flat_map(|b| std::mem::take(&mut b.confirms));
-        let confirmed =
-            tokio::time::timeout(CONFIRM_PATIENCE, futures_util::future::join_all(confirms))
-                .await
-                .map_err(|_| {
-                    anyhow::anyhow!("no confirm for syncQ/writeQ.dead within {CONFIRM_PATIENCE:?}")
-                })?;
-        for c in confirmed {
-            let c = c?;
-            if !c.is_ack() {
-                return Err(anyhow::anyhow!(
-                    "broker refused a syncQ entry or a quarantined write (batches up to seq {last_seq}): {c:?}"
-                ));
-            }
-        }
-        // Fencing: answer and ack only while still the master of this epoch. A
-        // master that was paused past its session and replaced stops here, so
-        // its writes go back to writeQ for the new master (its entries, of an
-        // old epoch, are ignored by replicas that saw the new master's barrier).
-        fence
-            .check()
-            .await
-            .map_err(|why| anyhow::anyhow!("{why}; not acknowledging"))?;
+/// The broker's answer to a publish, as the answering rule sees it.
+fn confirmation(publish: PublisherConfirm) -> answer::Confirm {
+    Box::pin(async move { Ok(publish.await?.is_ack()) })
+}
 
-        let sent = group
-            .iter()
-            .flat_map(|b| b.deliveries.iter().zip(&b.replies))
-            .map(|(delivery, reply)| {
-                let request_id = broker::request_id(&delivery.properties).unwrap_or_default();
-                debug!(request_id, "write answered");
-                broker::reply(&replies, &delivery.properties, reply)
-            });
-        for outcome in futures_util::future::join_all(sent).await {
-            if let Err(e) = outcome {
-                warn!(error = %e, "could not send write reply");
-            }
-        }
-        // Earlier batches are acked already: this acks exactly this group. A
-        // batch's deliveries come on one channel, not always the same as the
-        // next batch's (a new master's first ones come one by one), so each
-        // batch acks its own.
-        for last in group.iter().filter_map(|b| b.deliveries.last()) {
-            last.ack(BasicAckOptions { multiple: true }).await?;
-        }
-        acked.send_if_modified(|a| {
-            let raised = last_seq > *a;
-            *a = (*a).max(last_seq);
-            raised
-        });
+/// Replies and acks through lapin: replies on their own channel, acks on the
+/// channel each delivery came on.
+struct LapinOutbox(Channel);
+
+impl Outbox for LapinOutbox {
+    type Delivery = Delivery;
+
+    fn reply<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        reply: &'a Reply,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        let request_id = broker::request_id(&delivery.properties).unwrap_or_default();
+        debug!(request_id, "write answered");
+        Box::pin(broker::reply(&self.0, &delivery.properties, reply))
     }
-    Ok(())
+
+    fn ack_through<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            delivery.ack(BasicAckOptions { multiple: true }).await?;
+            Ok(())
+        })
+    }
 }
 
 fn answering_ended(ended: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Error {
