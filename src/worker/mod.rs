@@ -110,17 +110,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         started_at_ms: chrono::Utc::now().timestamp_millis(),
     };
 
-    tokio::spawn(heartbeat(config.data_dir.join("heartbeat")));
-    tokio::spawn(record_stream_offset(
-        state.clone(),
-        Duration::from_millis(500),
+    // Background loops that never end by design: owned here, so one that
+    // ends anyway (a panic) ends the worker instead of leaving it half alive.
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(named(
+        "heartbeat",
+        heartbeat(config.data_dir.join("heartbeat")),
+    ));
+    background.spawn(named(
+        "stream offset recorder",
+        record_stream_offset(state.clone(), Duration::from_millis(500)),
     ));
     election::register(&zk, &state).await?;
     info!(pid, db = %slot.db_path().display(), "worker registered; catching up");
-    tokio::spawn(election::publish_progress(
-        zk.clone(),
-        state.clone(),
-        Duration::from_millis(500),
+    background.spawn(named(
+        "progress publisher",
+        election::publish_progress(zk.clone(), state.clone(), Duration::from_millis(500)),
     ));
 
     let mut conn = conn;
@@ -137,6 +142,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 anyhow::anyhow!("sync stopped: {stop}")
             }
             lost = election::session_lost(&zk) => break Err(anyhow::anyhow!("ZooKeeper session ended: {lost:?}")),
+            Some(ended) = background.join_next() => break Err(match ended {
+                Ok(name) => anyhow::anyhow!("the {name} task ended"),
+                Err(e) => anyhow::anyhow!("a background task failed: {e}"),
+            }),
             served = serve(&conn, &zk, state.clone(), &config, &slot) => match served {
                 Ok(()) => break Ok(()),
                 Err(e) => e,
@@ -455,6 +464,12 @@ async fn assigned_pid(zk: &zk::Client, name: &str) -> anyhow::Result<u32> {
             .await
             .map_err(|_| anyhow::anyhow!("no pid assigned at {path} within {PATIENCE:?}"))?;
     }
+}
+
+/// `task`, answering its name when it ends.
+async fn named(name: &'static str, task: impl std::future::Future<Output = ()>) -> &'static str {
+    task.await;
+    name
 }
 
 /// Touches `path` every second, for container health checks.
