@@ -17,6 +17,10 @@
 //! - [`telemetry`]: logging setup shared by the binaries.
 //! - [`backoff`]: jitter for the reconnecting loops.
 
+// Nothing from the network or the user may panic the service: no unwrap or
+// expect outside tests (tests use them to fail loudly).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod actors;
 pub mod backoff;
 pub mod broker;

@@ -17,6 +17,10 @@
 //! `dead` talks to RabbitMQ itself (`--amqp-url`, `DBAAS_AMQP_URL`): the
 //! orchestrator's HTTP API has no operation that changes queues.
 
+// Nothing from the network or the user may panic the service: no unwrap or
+// expect outside tests (tests use them to fail loudly).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::process::ExitCode;
 use std::time::Duration;
 

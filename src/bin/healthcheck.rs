@@ -2,6 +2,10 @@
 //! answer within 2 s; `--file F --max-age-secs N` succeeds if F was modified in
 //! the last N seconds (the worker's heartbeat).
 
+// Nothing from the network or the user may panic the service: no unwrap or
+// expect outside tests (tests use them to fail loudly).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::time::{Duration, SystemTime};
 
 use clap::Parser;

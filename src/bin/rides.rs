@@ -1,5 +1,9 @@
 //! The rides service binary: flags and env, logging, then [`dbaas::rideshare::rides::run`].
 
+// Nothing from the network or the user may panic the service: no unwrap or
+// expect outside tests (tests use them to fail loudly).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use clap::Parser;
 
 #[derive(Parser, Debug)]

@@ -1,5 +1,9 @@
 //! The users service binary: flags and env, logging, then [`dbaas::rideshare::users::run`].
 
+// Nothing from the network or the user may panic the service: no unwrap or
+// expect outside tests (tests use them to fail loudly).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use clap::Parser;
 
 #[derive(Parser, Debug)]
