@@ -16,6 +16,8 @@
 //! - [`config`]: command-line flags several binaries share.
 //! - [`telemetry`]: logging setup shared by the binaries.
 //! - [`backoff`]: jitter for the reconnecting loops.
+//! - [`shutdown`]: the signals that stop a process gracefully.
+//! - [`tasks`]: the orchestrator's supervised long-lived tasks.
 
 // Nothing from the network or the user may panic the service: no unwrap or
 // expect outside tests (tests use them to fail loudly).
@@ -32,6 +34,7 @@ pub mod orchestrator;
 pub mod prometheus;
 pub mod rideshare;
 pub mod runtime;
+pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;
 pub mod worker;

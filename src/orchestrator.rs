@@ -210,7 +210,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(bind = %config.bind, "orchestrator serving HTTP");
     let served = actix::spawn(server);
 
-    crate::worker::shutdown_signal().await;
+    crate::shutdown::signal().await;
     info!("shutting down: HTTP first, then workers");
     handle.stop(true).await;
     let _ = served.await;

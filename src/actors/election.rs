@@ -17,55 +17,20 @@ use zookeeper_client as zk;
 use crate::coord::session::Session;
 
 use super::dispatcher::Routes;
-use crate::coord::{self, MasterInfo, Role, WorkerInfo, MASTER, WORKERS};
+use crate::coord::{self, Membership, Role, WorkerInfo, MASTER, WORKERS};
 
-/// What ZooKeeper showed at one moment.
-#[derive(Message, Debug, Clone, Default, PartialEq)]
-#[rtype(result = "()")]
-pub struct Membership {
-    pub workers: Vec<WorkerInfo>,
-    pub master: Option<MasterInfo>,
+/// Who can take requests in `view`.
+fn routes(view: &Membership) -> Routes {
+    Routes {
+        serving_slaves: view.serving_slaves(),
+        master: view.master_pid().is_some(),
+        latest_seq: view.workers.iter().map(|w| w.seq).max(),
+    }
 }
 
-impl Membership {
-    pub fn pids(&self) -> BTreeSet<u32> {
-        self.workers.iter().map(|w| w.pid).collect()
-    }
-
-    /// The master's pid, if its znode exists and its worker is registered.
-    pub fn master_pid(&self) -> Option<u32> {
-        self.master
-            .map(|m| m.pid)
-            .filter(|pid| self.workers.iter().any(|w| w.pid == *pid))
-    }
-
-    /// Registered workers other than the master, by pid.
-    pub fn slave_pids(&self) -> Vec<u32> {
-        let master = self.master_pid();
-        self.workers
-            .iter()
-            .map(|w| w.pid)
-            .filter(|p| Some(*p) != master)
-            .collect()
-    }
-
-    /// Slaves that serve reads (not in the middle of a promotion).
-    pub fn serving_slaves(&self) -> usize {
-        let master = self.master_pid();
-        self.workers
-            .iter()
-            .filter(|w| Some(w.pid) != master && w.role == Role::Slave)
-            .count()
-    }
-
-    /// Who can take requests in this view.
-    pub fn routes(&self) -> Routes {
-        Routes {
-            serving_slaves: self.serving_slaves(),
-            master: self.master_pid().is_some(),
-            latest_seq: self.workers.iter().map(|w| w.seq).max(),
-        }
-    }
+/// The supervisor hears each [`Membership`] ZooKeeper shows.
+impl Message for Membership {
+    type Result = ();
 }
 
 /// Latest membership.
@@ -102,7 +67,7 @@ impl Election {
 
     /// Sends the routes of the current view if they changed.
     fn publish_routes(&mut self) {
-        let routes = self.view.routes();
+        let routes = routes(&self.view);
         if self.routes_sent == Some(routes) {
             return;
         }
@@ -262,6 +227,7 @@ async fn watch_transitions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coord::MasterInfo;
 
     fn worker(pid: u32, role: Role) -> WorkerInfo {
         WorkerInfo {

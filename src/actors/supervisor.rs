@@ -24,7 +24,8 @@ use actix::prelude::*;
 use serde::Serialize;
 use tracing::{error, info, warn};
 
-use super::election::{ForgetWorker, Membership};
+use super::election::ForgetWorker;
+use crate::coord::Membership;
 use crate::prometheus;
 use crate::runtime::WorkerRuntime;
 

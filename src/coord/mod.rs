@@ -19,7 +19,10 @@
 //! every client, as before (development on loopback).
 
 pub mod election;
+mod membership;
 pub mod session;
+
+pub use membership::Membership;
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -22,7 +22,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tracing::{info, warn};
 
-use super::{ExitSender, WorkerRuntime};
+use super::{lock, ExitSender, WorkerRuntime};
 use crate::coord::{self, session::Session};
 
 /// The label that marks a worker container; its value is the instance.
@@ -99,10 +99,6 @@ pub struct DockerRuntime {
     exits: ExitSender,
     /// Host pid → container name, for the containers this runtime knows.
     containers: Arc<Mutex<HashMap<u32, String>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl DockerRuntime {

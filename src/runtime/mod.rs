@@ -34,3 +34,9 @@ pub trait WorkerRuntime: Send + Sync + 'static {
 
 /// Sender half of a runtime's exit notifications.
 pub type ExitSender = mpsc::UnboundedSender<u32>;
+
+/// A runtime's bookkeeping lock; a panic elsewhere while holding it leaves
+/// the map as it was, still usable.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -21,7 +21,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{ExitSender, WorkerRuntime};
+use super::{lock, ExitSender, WorkerRuntime};
 
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
@@ -172,10 +172,6 @@ impl ProcessRuntime {
         };
         tokio::time::timeout(patience, wait).await.is_ok()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {

@@ -150,7 +150,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Ok(()) => break Ok(()),
                 Err(e) => e,
             },
-            _ = shutdown_signal() => {
+            _ = crate::shutdown::signal() => {
                 info!(pid, "shutting down");
                 close_copy(&state).await;
                 break Ok(());
@@ -480,20 +480,4 @@ async fn heartbeat(path: PathBuf) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
