@@ -58,12 +58,11 @@ pub fn publish(queue: &'static str, outcome: &'static str) {
 
 /// The workers as ZooKeeper shows them: per worker its applied seq and lag.
 pub fn membership(m: &Membership) {
-    let top = m.workers.iter().map(|w| w.seq).max().unwrap_or(0);
     let master = m.master_pid();
     for w in &m.workers {
         let pid = w.pid.to_string();
         gauge!("dbaas_worker_applied_seq", "pid" => pid.clone()).set(w.seq as f64);
-        gauge!("dbaas_worker_lag", "pid" => pid.clone()).set(top.saturating_sub(w.seq) as f64);
+        gauge!("dbaas_worker_lag", "pid" => pid.clone()).set(m.lag(w) as f64);
         gauge!("dbaas_worker_is_master", "pid" => pid).set(if Some(w.pid) == master {
             1.0
         } else {

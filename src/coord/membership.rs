@@ -43,4 +43,11 @@ impl Membership {
             .filter(|w| Some(w.pid) != master && w.role == Role::Slave)
             .count()
     }
+
+    /// How far `worker` is behind the most advanced worker (the master, once
+    /// its progress is published), in sequence numbers.
+    pub fn lag(&self, worker: &WorkerInfo) -> u64 {
+        let top = self.workers.iter().map(|w| w.seq).max().unwrap_or(0);
+        top.saturating_sub(worker.seq)
+    }
 }

@@ -66,7 +66,6 @@ struct Status {
 pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let membership = state.election.send(GetMembership).await?;
     let master = membership.master_pid();
-    let master_seq = membership.workers.iter().map(|w| w.seq).max().unwrap_or(0);
     let now = chrono::Utc::now().timestamp_millis();
     let workers = membership
         .workers
@@ -79,7 +78,7 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
                 w.role
             },
             seq: w.seq,
-            lag: master_seq.saturating_sub(w.seq),
+            lag: membership.lag(w),
             epoch: w.epoch,
             age_ms: now - w.started_at_ms,
             slot: w.slot,
