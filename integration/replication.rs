@@ -267,6 +267,55 @@ async fn a_replacement_resumes_its_slots_copy_or_joins_from_a_snapshot() {
     serves_all(joined).await;
 }
 
+/// `DBAAS_CATCH_UP=replay`: a joiner reads `syncQ` from the start even when a
+/// caught-up peer could serve it a snapshot.
+#[tokio::test]
+async fn with_replay_a_joiner_reads_the_log_though_a_peer_could_serve_a_snapshot() {
+    let o = Orchestrator::start(
+        "replay",
+        Options {
+            extra_env: vec![("DBAAS_CATCH_UP".into(), "replay".into())],
+            ..Options::default()
+        },
+    )
+    .await;
+    let seqs: Vec<u64> =
+        futures_util::future::join_all((0..100).map(|i| o.insert_user_owned(format!("r{i:03}"))))
+            .await;
+    let last = seqs.into_iter().max().unwrap_or(0);
+    // The master's slot cannot be resumed, so its replacement must catch up
+    // from elsewhere, while the promoted slave could serve a snapshot.
+    let old = slave_pids(&o.status().await);
+    let (status, _) = o.post_json("/api/v1/crash/master", &Value::Null).await;
+    assert_eq!(status, 200);
+    let s = wait_until("a new slave", Duration::from_secs(30), || async {
+        let s = settled(&o, 1).await;
+        let slave = *slave_pids(&s).first()?;
+        (!old.contains(&slave)).then_some(s)
+    })
+    .await
+    .expect("a replacement slave");
+    let joined = slave_pids(&s)[0];
+    let start = s["workers"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|w| w["pid"].as_u64() == Some(joined)))
+        .map(|w| w["start"].clone());
+    assert_eq!(start, Some(json!("log")), "{s}");
+    let log = std::fs::read_to_string(
+        o.dir
+            .path()
+            .join("logs")
+            .join(format!("worker-{joined}.log")),
+    )
+    .unwrap_or_default();
+    assert!(!log.contains("loaded snapshot"), "{log}");
+    let (status, body) = o
+        .read(json!({"table": "users", "count": true, "min_seq": last}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0]["count"], 100);
+}
+
 #[tokio::test]
 async fn a_master_paused_past_its_session_acknowledges_nothing_and_loses_nothing() {
     let o = Arc::new(
