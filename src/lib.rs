@@ -24,17 +24,17 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod actors;
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod broker;
 pub mod config;
-pub mod coord;
+pub(crate) mod coord;
 pub mod db;
 pub mod http;
 pub mod orchestrator;
-pub mod prometheus;
+pub(crate) mod prometheus;
 pub mod rideshare;
-pub mod runtime;
-pub mod shutdown;
-pub mod tasks;
+pub(crate) mod runtime;
+pub(crate) mod shutdown;
+pub(crate) mod tasks;
 pub mod telemetry;
 pub mod worker;
