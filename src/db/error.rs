@@ -3,7 +3,8 @@
 //! returns one, the HTTP edge alone picks the status for each [`ErrorKind`]
 //! (`crate::http::error`), and clients of the API match on the kind that the
 //! JSON error carries (`{"error": "...", "kind": "constraint", "constraint":
-//! "foreign_key"}`) rather than on SQLite's text.
+//! "foreign_key"}`) rather than on SQLite's text. Nothing here depends on
+//! SQLite (the store classifies its errors), so API clients can share it.
 
 use serde::{Deserialize, Serialize};
 
@@ -48,18 +49,6 @@ pub enum Constraint {
     ForeignKey,
     /// Any other (NOT NULL, CHECK).
     Other,
-}
-
-impl Constraint {
-    /// The rule behind a SQLite constraint violation, from its extended result code.
-    pub fn from_sqlite(extended_code: std::os::raw::c_int) -> Constraint {
-        use rusqlite::ffi;
-        match extended_code {
-            ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => Constraint::Unique,
-            ffi::SQLITE_CONSTRAINT_FOREIGNKEY => Constraint::ForeignKey,
-            _ => Constraint::Other,
-        }
-    }
 }
 
 /// A failed request: its kind, the rule for a constraint, and a message for people.

@@ -67,9 +67,7 @@ impl From<rusqlite::Error> for DbError {
             rusqlite::Error::SqliteFailure(f, msg) => {
                 let text = msg.clone().unwrap_or_else(|| e.to_string());
                 match f.code {
-                    C::ConstraintViolation => {
-                        DbError::Constraint(Constraint::from_sqlite(f.extended_code), text)
-                    }
+                    C::ConstraintViolation => DbError::Constraint(rule(f.extended_code), text),
                     C::DiskFull => DbError::Full(text),
                     C::TooBig | C::TypeMismatch => DbError::Invalid(text),
                     _ => DbError::Internal(e.to_string()),
@@ -77,6 +75,16 @@ impl From<rusqlite::Error> for DbError {
             }
             _ => DbError::Internal(e.to_string()),
         }
+    }
+}
+
+/// The rule behind a constraint violation, from SQLite's extended result code.
+fn rule(extended_code: std::os::raw::c_int) -> Constraint {
+    use rusqlite::ffi;
+    match extended_code {
+        ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => Constraint::Unique,
+        ffi::SQLITE_CONSTRAINT_FOREIGNKEY => Constraint::ForeignKey,
+        _ => Constraint::Other,
     }
 }
 
