@@ -2,15 +2,19 @@
 //!
 //! # Layout
 //! Data flows one way: HTTP → `Dispatcher` → AMQP → worker → `RpcWaiter` → HTTP.
-//! - [`http`]: the orchestrator's thin HTTP handlers (parse, validate, answer).
+//! - [`http`]: the orchestrator's thin HTTP handlers (parse, call, render); the
+//!   only place an error kind becomes an HTTP status.
 //! - [`actors`]: the orchestrator's actors and their messages: `Dispatcher`,
-//!   `RpcWaiter`, `Election`, `ContainerSupervisor`, `Scaler`.
+//!   `RpcWaiter`, `Election`, `ContainerSupervisor`, `Scaler`; and
+//!   `actors::rpc`, the RPC boundary HTTP reaches them through (typed request,
+//!   reply slot guard, deadline, the `responseQ` consumer).
 //! - [`orchestrator`]: wiring of the orchestrator process.
 //! - [`runtime`]: where workers run: local processes or Docker containers.
 //! - [`worker`]: the worker process: sync stream, read service, election, write service.
 //! - [`broker`]: RabbitMQ queue names, topology, connection and message bodies.
 //! - [`coord`]: ZooKeeper layout, worker records and the election rule.
-//! - [`db`]: the schema, the typed request model, the only SQL, and a worker's store.
+//! - [`db`]: the schema, the typed request model, the only SQL, a worker's
+//!   store, and the error kinds requests fail with (on the wire and in the API).
 //! - [`rideshare`]: the users and rides microservices, clients of the DBaaS.
 //! - [`prometheus`]: the orchestrator's Prometheus metrics.
 //! - [`config`]: command-line flags several binaries share.

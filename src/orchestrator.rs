@@ -11,18 +11,16 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
-use futures_util::StreamExt;
-use lapin::options::BasicConsumeOptions;
-use lapin::types::FieldTable;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::actors::dispatcher::{AmqpPublisher, Dispatcher, SetPublisher};
 use crate::actors::election::{self, Election};
-use crate::actors::rpc_waiter::{Abandon, Delivered, RpcWaiter};
+use crate::actors::rpc::{replies, Rpc};
+use crate::actors::rpc_waiter::{Abandon, RpcWaiter};
 use crate::actors::scaler::{Scaler, SlaveBounds};
 use crate::actors::supervisor::{ContainerSupervisor, StopAll, WorkerExited};
-use crate::broker::{self, messages::Reply, RESPONSE_Q};
+use crate::broker;
 use crate::config::HttpLimits;
 use crate::coord::{self, session::Session};
 use crate::http::{self, AppState};
@@ -79,7 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .ok();
     let waiter = RpcWaiter::default().start();
     // No publisher until the broker session is up: requests get 503 meanwhile.
-    let dispatcher = Dispatcher::<AmqpPublisher>::new(None, waiter.clone()).start();
+    let dispatcher = Dispatcher::<AmqpPublisher>::new(None).start();
     let election = Election::new()
         .with_routes(dispatcher.clone().recipient())
         .start();
@@ -173,15 +171,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dead_tx,
     ));
 
+    let rpc = web::Data::new(Rpc::new(
+        dispatcher.clone().recipient(),
+        waiter,
+        scaler.clone().recipient(),
+        config.request_timeout,
+    ));
     let state = web::Data::new(AppState {
-        dispatcher: dispatcher.clone().recipient(),
         broker_probe: dispatcher.recipient(),
         zk,
-        waiter,
         election,
         supervisor: supervisor.clone(),
         scaler,
-        timeout: config.request_timeout,
         metrics,
         dead_writes,
         tasks,
@@ -191,6 +192,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(rpc.clone())
             .app_data(limits)
             .app_data(auth.clone())
             // Inner: authentication; outer: request ids and metrics (401s counted too).
@@ -273,24 +275,14 @@ async fn serve_broker(
         reads: conn.create_channel().await?,
         writes: broker::confirmed_channel(conn).await?,
     };
-    let channel = conn.create_channel().await?;
-    let consumer = channel
-        .basic_consume(
-            RESPONSE_Q.into(),
-            "orchestrator-replies".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    // Replies are consumed before anything is published.
+    let replies = replies::consume(conn).await?;
     dispatcher.send(SetPublisher(Some(publisher))).await?;
     info!("RabbitMQ session up: publishing and consuming responseQ");
     round.up("publishing; consuming responseQ");
     let counting = conn.create_channel().await?;
     Ok(tokio::select! {
-        why = feed_replies(consumer, waiter) => why,
+        why = replies.feed(waiter) => why,
         why = broker::link::broken(conn) => why,
         why = count_dead_writes(&counting, dead) => why,
     })
@@ -316,28 +308,6 @@ async fn count_dead_writes(
         }
         tokio::time::sleep(DEAD_WRITES_EVERY).await;
     }
-}
-
-/// Feeds every reply on `responseQ` to the `RpcWaiter`; returns why the
-/// consumer ended.
-async fn feed_replies(mut consumer: lapin::Consumer, waiter: &Addr<RpcWaiter>) -> String {
-    while let Some(delivery) = consumer.next().await {
-        let delivery = match delivery {
-            Ok(d) => d,
-            Err(e) => return format!("responseQ consumer failed: {e}"),
-        };
-        let Some(id) = delivery.properties.correlation_id().as_ref() else {
-            continue;
-        };
-        match serde_json::from_slice::<Reply>(&delivery.data) {
-            Ok(reply) => waiter.do_send(Delivered {
-                correlation_id: id.to_string(),
-                reply,
-            }),
-            Err(e) => warn!(error = %e, "unreadable reply on responseQ"),
-        }
-    }
-    "responseQ consumer ended".into()
 }
 
 pub fn worker_env(config: &Config) -> Vec<(String, String)> {

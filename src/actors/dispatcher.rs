@@ -5,105 +5,52 @@
 //! master takes it); reads expire after the request timeout so a read nobody
 //! could serve does not linger.
 //!
-//! It keeps the [`Routes`] the `Election` last told it and chooses the queue:
-//! strong reads go to the master; eventual reads go to the slaves, or to the
-//! master while no slave serves (after a promotion, a slave crash, at start).
-//! Nothing is refused for lack of a worker: a request published while nobody
-//! serves waits in its queue for the next worker (a failover takes well under
-//! the request timeout). It registers each request's reply slot with the
-//! `RpcWaiter` before publishing: one message from the HTTP handler per request.
+//! It keeps the [`Routes`] the `Election` last told it, and each request's
+//! [`Target`] says, under them, which [`Queue`] it goes to and whether it can
+//! be served at all (the rules live in [`super::rpc::request`]). It publishes
+//! and nothing else: the reply slot is the RPC boundary's ([`super::rpc`]),
+//! registered with the `RpcWaiter` before the request reaches this actor.
 
 use std::time::Duration;
 
 use actix::prelude::*;
 use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel};
-use tokio::sync::oneshot;
-
-use super::rpc_waiter::{Expect, Forget, RpcWaiter};
-use crate::broker::messages::Reply;
-use crate::broker::{self, MASTER_READ_Q, READ_Q, REQUEST_ID_HEADER, RESPONSE_Q, WRITE_Q};
-use crate::db::Consistency;
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
 
-/// Publish one request and have its reply sent to `reply`; resolves once the
-/// broker has it (confirmed for writes).
+pub use super::rpc::request::Routes;
+use super::rpc::request::{Queue, Target};
+use crate::broker::{self, REQUEST_ID_HEADER, RESPONSE_Q};
+use crate::db::Failure;
+
+/// Publish one request; resolves once the broker has it (confirmed for
+/// writes). An error is the request's answer: unservable (bad request) or the
+/// broker unreachable (unavailable).
 #[derive(Message, Debug)]
-#[rtype(result = "Result<(), PublishError>")]
-pub struct Publish {
-    pub request: Outbound,
-    /// Where the `RpcWaiter` sends the reply.
-    pub reply: oneshot::Sender<Reply>,
-}
-
-/// What a request is, which decides where it goes and how it is published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Read(Consistency),
-    /// Persistent and confirmed; waits durably in `writeQ` for a master.
-    Write,
-}
+#[rtype(result = "Result<(), Failure>")]
+pub struct Publish(pub Outbound);
 
 /// One request as it goes to the broker.
 #[derive(Debug, Clone)]
 pub struct Outbound {
-    pub kind: Kind,
+    /// Where it goes and whether it can be served.
+    pub target: Target,
     pub correlation_id: String,
+    /// The encoded `ReadMessage` / `WriteMessage`.
     pub body: Vec<u8>,
     /// Reads expire from their queue after this long.
     pub expires_after: Duration,
-    /// A read's `min_seq`: one no write has reached is refused at once
-    /// rather than parked on a replica until its wait runs out.
-    pub min_seq: Option<u64>,
     /// Carried to the worker in the `x-request-id` header, for its logs.
     pub request_id: String,
-}
-
-/// Who can take requests now, as the `Election` sees it.
-#[derive(Message, Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub struct Routes {
-    /// Slaves serving `readQ`.
-    pub serving_slaves: usize,
-    /// Whether a master serves `writeQ` and `readQ.master`.
-    pub master: bool,
-    /// The highest sequence number a worker reported (None: no worker known).
-    pub latest_seq: Option<u64>,
-}
-
-/// How far beyond the latest reported sequence number a `min_seq` may be:
-/// workers report their progress every 500 ms, so a client may legitimately
-/// hold a `seq` somewhat newer than the last report, never this much newer.
-pub const MIN_SEQ_MARGIN: u64 = 100_000;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum PublishError {
-    /// The request can never be served as asked.
-    #[error("{0}")]
-    Unservable(String),
-    #[error("publish to the broker failed: {0}")]
-    Broker(String),
-}
-
-/// The queue a request of `kind` goes to under `routes`.
-pub fn queue_for(routes: Routes, kind: Kind) -> &'static str {
-    match kind {
-        Kind::Write => WRITE_Q,
-        Kind::Read(Consistency::Strong) => MASTER_READ_Q,
-        // The master holds every acknowledged write: it answers while no
-        // slave serves; with neither (mid-failover) the next master will.
-        Kind::Read(Consistency::Eventual) if routes.serving_slaves == 0 => MASTER_READ_Q,
-        Kind::Read(Consistency::Eventual) => READ_Q,
-    }
 }
 
 /// Where a publish goes: a real AMQP channel, or (in tests) anything else.
 pub trait Publisher: Unpin + 'static {
     fn publish(
         &self,
-        queue: &'static str,
+        queue: Queue,
         msg: Outbound,
-    ) -> futures_util::future::BoxFuture<'static, Result<(), PublishError>>;
+    ) -> futures_util::future::BoxFuture<'static, Result<(), String>>;
 
     /// One round trip to the broker.
     fn probe(&self) -> futures_util::future::BoxFuture<'static, Result<(), String>>;
@@ -134,9 +81,9 @@ impl Publisher for AmqpPublisher {
 
     fn publish(
         &self,
-        queue: &'static str,
+        queue: Queue,
         msg: Outbound,
-    ) -> futures_util::future::BoxFuture<'static, Result<(), PublishError>> {
+    ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
         let mut headers = FieldTable::default();
         headers.insert(
             REQUEST_ID_HEADER.into(),
@@ -147,7 +94,7 @@ impl Publisher for AmqpPublisher {
             .with_reply_to(RESPONSE_Q.into())
             .with_content_type("application/json".into())
             .with_headers(headers);
-        let durable = msg.kind == Kind::Write;
+        let durable = msg.target.durable();
         let channel = if durable {
             self.writes.clone()
         } else {
@@ -157,7 +104,7 @@ impl Publisher for AmqpPublisher {
             let res = if durable {
                 broker::publish_confirmed(
                     &channel,
-                    queue,
+                    queue.name(),
                     &msg.body,
                     props,
                     Duration::from_secs(10),
@@ -168,7 +115,7 @@ impl Publisher for AmqpPublisher {
                 channel
                     .basic_publish(
                         "".into(),
-                        queue.into(),
+                        queue.name().into(),
                         BasicPublishOptions::default(),
                         &msg.body,
                         props,
@@ -182,14 +129,14 @@ impl Publisher for AmqpPublisher {
                 (Ok(()), true) => "confirmed",
                 (Ok(()), false) => "sent",
             };
-            crate::prometheus::publish(queue, outcome);
-            res.map_err(|e| PublishError::Broker(e.to_string()))
+            crate::prometheus::publish(queue.name(), outcome);
+            res.map_err(|e| e.to_string())
         })
     }
 }
 
 /// The broker session's publisher, or `None` while the connection is down
-/// (then every publish fails at once with 503).
+/// (then every publish fails at once: unavailable, a 503).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetPublisher<P: Publisher>(pub Option<P>);
@@ -201,16 +148,13 @@ pub struct Probe;
 
 pub struct Dispatcher<P: Publisher> {
     publisher: Option<P>,
-    /// Receives the replies; told each request's reply slot before its publish.
-    waiter: Addr<RpcWaiter>,
     routes: Routes,
 }
 
 impl<P: Publisher> Dispatcher<P> {
-    pub fn new(publisher: Option<P>, waiter: Addr<RpcWaiter>) -> Self {
+    pub fn new(publisher: Option<P>) -> Self {
         Dispatcher {
             publisher,
-            waiter,
             routes: Routes::default(),
         }
     }
@@ -245,56 +189,40 @@ impl<P: Publisher> Handler<Probe> for Dispatcher<P> {
 }
 
 impl<P: Publisher> Handler<Publish> for Dispatcher<P> {
-    type Result = ResponseFuture<Result<(), PublishError>>;
+    type Result = ResponseFuture<Result<(), Failure>>;
 
-    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) -> Self::Result {
-        let Publish { request, reply } = msg;
-        if let (Some(min), Some(latest)) = (request.min_seq, self.routes.latest_seq) {
-            if min > latest.saturating_add(MIN_SEQ_MARGIN) {
-                let why = format!("min_seq {min} is beyond any sequence number a write has been given (latest {latest})");
-                return Box::pin(async move { Err(PublishError::Unservable(why)) });
-            }
+    fn handle(&mut self, Publish(request): Publish, _: &mut Context<Self>) -> Self::Result {
+        if let Err(unservable) = request.target.servable(self.routes) {
+            return Box::pin(async move { Err(unservable) });
         }
-        let queue = queue_for(self.routes, request.kind);
         let Some(publisher) = &self.publisher else {
             return Box::pin(async {
-                Err(PublishError::Broker(
-                    "not connected to RabbitMQ (reconnecting)".into(),
+                Err(Failure::unavailable(
+                    "not connected to RabbitMQ (reconnecting)",
                 ))
             });
         };
-        // Registered before the publish, and the waiter's mailbox is in order:
-        // the reply (which follows the publish) always finds its slot.
-        let correlation_id = request.correlation_id.clone();
-        self.waiter.do_send(Expect {
-            correlation_id: correlation_id.clone(),
-            reply,
-        });
-        let waiter = self.waiter.clone();
-        let published = publisher.publish(queue, request);
+        let published = publisher.publish(request.target.queue(self.routes), request);
         Box::pin(async move {
-            let res = published.await;
-            if res.is_err() {
-                waiter.do_send(Forget { correlation_id });
-            }
-            res
+            published
+                .await
+                .map_err(|e| Failure::unavailable(format!("publish to the broker failed: {e}")))
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::actors::rpc_waiter::{Delivered, Pending};
-    use crate::db::WriteOutcome;
+    use crate::db::{Consistency, ErrorKind};
 
     /// Records what it publishes; fails every publish when `fail` is set.
     #[derive(Clone, Default)]
-    struct Recording {
-        sent: Arc<Mutex<Vec<String>>>,
-        fail: bool,
+    pub(crate) struct Recording {
+        pub sent: Arc<Mutex<Vec<String>>>,
+        pub fail: bool,
     }
 
     impl Publisher for Recording {
@@ -311,71 +239,71 @@ mod tests {
 
         fn publish(
             &self,
-            queue: &'static str,
+            queue: Queue,
             msg: Outbound,
-        ) -> futures_util::future::BoxFuture<'static, Result<(), PublishError>> {
+        ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
             let (sent, fail) = (self.sent.clone(), self.fail);
             Box::pin(async move {
                 if fail {
-                    return Err(PublishError::Broker("connection closed".into()));
+                    return Err("connection closed".into());
                 }
                 if let Ok(mut s) = sent.lock() {
-                    s.push(format!("{queue} {}", msg.correlation_id));
+                    s.push(format!("{} {}", queue.name(), msg.correlation_id));
                 }
                 Ok(())
             })
         }
     }
 
-    const EVENTUAL: Kind = Kind::Read(Consistency::Eventual);
-    const STRONG: Kind = Kind::Read(Consistency::Strong);
+    impl Recording {
+        pub(crate) fn sent(&self) -> Vec<String> {
+            self.sent.lock().map(|s| s.clone()).unwrap_or_default()
+        }
+    }
 
-    fn publish(kind: Kind, id: &str) -> (Publish, oneshot::Receiver<Reply>) {
-        let (reply, rx) = oneshot::channel();
-        let request = Outbound {
-            kind,
+    const EVENTUAL: Target = Target::Read {
+        consistency: Consistency::Eventual,
+        min_seq: None,
+    };
+    const STRONG: Target = Target::Read {
+        consistency: Consistency::Strong,
+        min_seq: None,
+    };
+
+    fn publish(target: Target, id: &str) -> Publish {
+        Publish(Outbound {
+            target,
             correlation_id: id.into(),
             body: b"{}".to_vec(),
-            min_seq: None,
             expires_after: Duration::from_secs(1),
             request_id: "r".into(),
-        };
-        (Publish { request, reply }, rx)
+        })
     }
 
-    fn start(publisher: Recording) -> (Addr<Dispatcher<Recording>>, Addr<RpcWaiter>) {
-        let waiter = RpcWaiter::default().start();
-        let dispatcher = Dispatcher::new(Some(publisher), waiter.clone()).start();
-        (dispatcher, waiter)
-    }
-
-    fn sent(p: &Recording) -> Vec<String> {
-        p.sent.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-
-    async fn send_all(d: &Addr<Dispatcher<Recording>>, msgs: &[(Kind, &str)]) {
-        for (kind, id) in msgs {
-            let (msg, _) = publish(*kind, id);
-            d.send(msg).await.expect("send").expect("published");
+    async fn send_all(d: &Addr<Dispatcher<Recording>>, msgs: &[(Target, &str)]) {
+        for (target, id) in msgs {
+            d.send(publish(*target, id))
+                .await
+                .expect("send")
+                .expect("published");
         }
     }
 
     #[actix_rt::test]
     async fn eventual_reads_go_to_the_master_while_no_slave_serves_and_nothing_is_refused() {
         let publisher = Recording::default();
-        let (dispatcher, waiter) = start(publisher.clone());
+        let dispatcher = Dispatcher::new(Some(publisher.clone())).start();
         // Nobody serves yet (start, or mid-failover): everything waits in a
         // queue the next master serves.
         send_all(
             &dispatcher,
-            &[(EVENTUAL, "r1"), (STRONG, "s1"), (Kind::Write, "w1")],
+            &[(EVENTUAL, "r1"), (STRONG, "s1"), (Target::Write, "w1")],
         )
         .await;
         assert_eq!(
-            sent(&publisher),
+            publisher.sent(),
             vec!["readQ.master r1", "readQ.master s1", "writeQ w1"]
         );
-        assert_eq!(waiter.send(Pending).await.expect("send"), 3);
 
         let routes = |serving_slaves, master| Routes {
             serving_slaves,
@@ -390,7 +318,7 @@ mod tests {
         dispatcher.send(routes(0, false)).await.expect("send");
         send_all(&dispatcher, &[(EVENTUAL, "r4")]).await;
         assert_eq!(
-            sent(&publisher)[3..],
+            publisher.sent()[3..],
             [
                 "readQ.master r2",
                 "readQ r3",
@@ -401,43 +329,16 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn the_reply_reaches_the_slot_registered_before_the_publish() {
-        let (dispatcher, waiter) = start(Recording::default());
-        dispatcher
-            .send(Routes {
-                serving_slaves: 2,
-                master: true,
-                latest_seq: None,
-            })
+    async fn without_a_broker_connection_requests_fail_at_once() {
+        let dispatcher = Dispatcher::<Recording>::new(None).start();
+        let failed = dispatcher
+            .send(publish(Target::Write, "w1"))
             .await
             .expect("send");
-        let (msg, rx) = publish(EVENTUAL, "c-1");
-        dispatcher
-            .send(msg)
-            .await
-            .expect("send")
-            .expect("published");
-        let outcome = Reply::Write(WriteOutcome {
-            seq: 7,
-            rows_affected: 1,
-            last_insert_id: None,
-            statements: Vec::new(),
-        });
-        waiter.do_send(Delivered {
-            correlation_id: "c-1".into(),
-            reply: outcome.clone(),
-        });
-        assert_eq!(rx.await.expect("answered"), outcome);
-    }
-
-    #[actix_rt::test]
-    async fn without_a_broker_connection_requests_fail_at_once() {
-        let waiter = RpcWaiter::default().start();
-        let dispatcher = Dispatcher::<Recording>::new(None, waiter.clone()).start();
-        let (msg, rx) = publish(Kind::Write, "w1");
-        let failed = dispatcher.send(msg).await.expect("send");
-        assert!(matches!(failed, Err(PublishError::Broker(_))));
-        assert!(rx.await.is_err(), "no slot was kept");
+        assert!(
+            matches!(&failed, Err(f) if f.kind == ErrorKind::Unavailable),
+            "{failed:?}"
+        );
         assert!(dispatcher.send(Probe).await.expect("send").is_err());
         // The connection comes back.
         let publisher = Recording::default();
@@ -445,22 +346,15 @@ mod tests {
             .send(SetPublisher(Some(publisher.clone())))
             .await
             .expect("send");
-        send_all(&dispatcher, &[(Kind::Write, "w2")]).await;
-        assert_eq!(sent(&publisher), vec!["writeQ w2"]);
+        send_all(&dispatcher, &[(Target::Write, "w2")]).await;
+        assert_eq!(publisher.sent(), vec!["writeQ w2"]);
         assert_eq!(dispatcher.send(Probe).await.expect("send"), Ok(()));
     }
 
     #[actix_rt::test]
-    async fn a_min_seq_far_beyond_the_latest_is_refused_at_once() {
+    async fn an_unservable_request_is_refused_before_the_broker() {
         let publisher = Recording::default();
-        let (dispatcher, waiter) = start(publisher.clone());
-        let far = |min: u64| {
-            let (mut msg, _) = publish(EVENTUAL, &min.to_string());
-            msg.request.min_seq = Some(min);
-            msg
-        };
-        // No worker reported yet: nothing to judge by, the read waits.
-        assert!(dispatcher.send(far(u64::MAX)).await.expect("send").is_ok());
+        let dispatcher = Dispatcher::new(Some(publisher.clone())).start();
         dispatcher
             .send(Routes {
                 serving_slaves: 1,
@@ -469,30 +363,35 @@ mod tests {
             })
             .await
             .expect("send");
-        let refused = dispatcher
-            .send(far(1_000_000_000_000_000))
-            .await
-            .expect("send");
-        assert!(matches!(refused, Err(PublishError::Unservable(_))));
-        assert!(dispatcher
-            .send(far(40 + MIN_SEQ_MARGIN))
-            .await
-            .expect("send")
-            .is_ok());
-        assert_eq!(sent(&publisher).len(), 2);
-        assert_eq!(waiter.send(Pending).await.expect("send"), 2);
+        let far = Target::Read {
+            consistency: Consistency::Eventual,
+            min_seq: Some(1_000_000_000_000_000),
+        };
+        let refused = dispatcher.send(publish(far, "far")).await.expect("send");
+        assert!(
+            matches!(&refused, Err(f) if f.kind == ErrorKind::BadRequest),
+            "{refused:?}"
+        );
+        assert!(publisher.sent().is_empty());
     }
 
     #[actix_rt::test]
-    async fn a_failed_publish_leaves_nothing_waiting() {
-        let (dispatcher, waiter) = start(Recording {
+    async fn a_failed_publish_is_unavailable() {
+        let dispatcher = Dispatcher::new(Some(Recording {
             fail: true,
             ..Recording::default()
-        });
-        let (msg, rx) = publish(Kind::Write, "w1");
-        let failed = dispatcher.send(msg).await.expect("send");
-        assert!(matches!(failed, Err(PublishError::Broker(_))));
-        assert_eq!(waiter.send(Pending).await.expect("send"), 0);
-        assert!(rx.await.is_err(), "the slot was dropped");
+        }))
+        .start();
+        let failed = dispatcher
+            .send(publish(Target::Write, "w1"))
+            .await
+            .expect("send");
+        match failed {
+            Err(f) => {
+                assert_eq!(f.kind, ErrorKind::Unavailable);
+                assert!(f.message.contains("connection closed"), "{}", f.message);
+            }
+            Ok(()) => panic!("published"),
+        }
     }
 }

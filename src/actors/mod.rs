@@ -2,10 +2,13 @@
 //! [`dispatcher::Dispatcher`] publishes requests, [`rpc_waiter::RpcWaiter`] matches
 //! replies to waiting requests, [`election::Election`] watches ZooKeeper,
 //! [`supervisor::ContainerSupervisor`] starts and kills workers, and
-//! [`scaler::Scaler`] sizes the slave pool from the read rate.
+//! [`scaler::Scaler`] sizes the slave pool from the read rate. [`rpc`] is not
+//! an actor: it is the boundary HTTP calls, which owns a request's lifecycle
+//! (typed request, reply slot, deadline) and the `responseQ` consumer.
 
 pub mod dispatcher;
 pub mod election;
+pub mod rpc;
 pub mod rpc_waiter;
 pub mod scaler;
 pub mod supervisor;

@@ -1,6 +1,8 @@
-//! `RpcWaiter`: consumes `responseQ` and completes the HTTP request waiting for
-//! each reply, matched by correlation id. Requests that time out are forgotten,
-//! so a late reply is dropped instead of leaking.
+//! `RpcWaiter`: completes the request waiting for each reply from `responseQ`
+//! (fed by [`super::rpc::replies`]), matched by correlation id. A request's
+//! slot is registered and, if it ends without a reply (timeout, refusal,
+//! client gone), forgotten by the RPC boundary's slot guard
+//! ([`super::rpc::slot`]), so a late reply is dropped instead of leaking.
 
 use std::collections::HashMap;
 
@@ -8,7 +10,8 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::broker::messages::{ErrorReply, Reply};
+use crate::broker::messages::Reply;
+use crate::db::Failure;
 
 /// Register interest in the reply with this correlation id (before publishing).
 #[derive(Message)]
@@ -18,7 +21,7 @@ pub struct Expect {
     pub reply: oneshot::Sender<Reply>,
 }
 
-/// The waiting request gave up (timeout): drop its slot.
+/// The waiting request gave up (timeout, refusal, client gone): drop its slot.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Forget {
@@ -34,7 +37,7 @@ pub struct Delivered {
 }
 
 /// The connection the requests went out on is gone, and their replies with it:
-/// every waiting request is answered at once with a 503 saying so.
+/// every waiting request is answered at once (unavailable: a 503) saying so.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Abandon {
@@ -87,13 +90,10 @@ impl Handler<Abandon> for RpcWaiter {
     type Result = ();
     fn handle(&mut self, msg: Abandon, _: &mut Context<Self>) {
         for (_, tx) in self.waiting.drain() {
-            let _ = tx.send(Reply::Error(ErrorReply {
-                status: 503,
-                error: format!(
-                    "{}: no reply can come; a write may still be applied once (it waits in writeQ if the broker stored it)",
-                    msg.reason
-                ),
-            }));
+            let _ = tx.send(Reply::Error(Failure::unavailable(format!(
+                "{}: no reply can come; a write may still be applied once (it waits in writeQ if the broker stored it)",
+                msg.reason
+            ))));
         }
     }
 }
@@ -158,7 +158,7 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn abandoning_answers_every_waiting_request_with_a_503() {
+    async fn abandoning_answers_every_waiting_request_as_unavailable() {
         let waiter = RpcWaiter::default().start();
         let mut rxs = Vec::new();
         for id in ["a", "b"] {
@@ -178,8 +178,8 @@ mod tests {
         for rx in rxs {
             match rx.await.expect("answered") {
                 Reply::Error(e) => {
-                    assert_eq!(e.status, 503);
-                    assert!(e.error.starts_with("connection lost"), "{}", e.error);
+                    assert_eq!(e.kind, crate::db::ErrorKind::Unavailable);
+                    assert!(e.message.starts_with("connection lost"), "{}", e.message);
                 }
                 other => panic!("not an error: {other:?}"),
             }

@@ -2,7 +2,8 @@
 //! default) from the first one, asks the supervisor for
 //! `max(1, ceil(reads / reads_per_slave))` slaves, kept within
 //! [`SlaveBounds`], and resets the count.
-//! Only valid reads are counted (the HTTP layer sends [`ReadReceived`] for a
+//! Only valid reads are counted (the RPC boundary, `super::rpc`, sends
+//! [`ReadReceived`] for each read it is asked, and HTTP asks it only for a
 //! `db/read` whose body validated: malformed reads, writes, crash calls and
 //! worker listings never reach it), so junk cannot scale the cluster.
 

@@ -1,9 +1,10 @@
 //! The bodies that travel on the queues, as JSON. Requests carry the typed
-//! request model; replies carry either an outcome or an error with its HTTP status.
+//! request model; replies carry either an outcome or a typed error
+//! ([`Failure`]: a kind and a message, no HTTP status).
 
 use serde::{Deserialize, Serialize};
 
-use crate::db::{DbError, LogEntry, ReadOutcome, ReadRequest, WriteOutcome, WriteRequest};
+use crate::db::{DbError, Failure, LogEntry, ReadOutcome, ReadRequest, WriteOutcome, WriteRequest};
 
 /// A write on `writeQ`: the orchestrator's id for it makes redelivery harmless.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,93 +34,105 @@ pub enum SyncMessage {
     Marker { pid: u32, nonce: String },
 }
 
-/// An error a worker reports for a request, with the HTTP status it maps to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorReply {
-    pub status: u16,
-    pub error: String,
-}
-
-impl ErrorReply {
-    pub fn bad_request(msg: impl Into<String>) -> Self {
-        ErrorReply {
-            status: 400,
-            error: msg.into(),
-        }
-    }
-}
-
-impl From<DbError> for ErrorReply {
-    fn from(e: DbError) -> Self {
-        let status = match e.cause() {
-            DbError::Constraint(_) => 409,
-            DbError::Invalid(_) | DbError::KeyReused(_) => 422,
-            DbError::Full(_) => 507,
-            DbError::Internal(_) | DbError::Statement { .. } => 500,
-        };
-        ErrorReply {
-            status,
-            error: e.to_string(),
-        }
-    }
-}
-
-/// A worker's answer on `responseQ`.
+/// A worker's answer on `responseQ`. An error is a typed [`Failure`] (its
+/// kind, not an HTTP status: the orchestrator's HTTP edge picks that).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
     Read(ReadOutcome),
     Write(WriteOutcome),
-    Error(ErrorReply),
+    Error(#[serde(deserialize_with = "legacy::failure")] Failure),
 }
 
 impl Reply {
     pub fn from_read(r: Result<ReadOutcome, DbError>) -> Reply {
         r.map_or_else(|e| Reply::Error(e.into()), Reply::Read)
     }
-    pub fn from_write(r: Result<WriteOutcome, DbError>) -> Reply {
-        r.map_or_else(|e| Reply::Error(e.into()), Reply::Write)
+}
+
+/// Rolling upgrades: a worker of an earlier release answers errors as
+/// `{"status": 409, "error": "..."}`; the orchestrator reads that too, as the
+/// kind the status stood for (the HTTP status the client gets is the same).
+mod legacy {
+    use serde::{Deserialize, Deserializer};
+
+    use crate::db::{ErrorKind, Failure};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Typed(Failure),
+        Status { status: u16, error: String },
+    }
+
+    pub fn failure<'de, D: Deserializer<'de>>(d: D) -> Result<Failure, D::Error> {
+        Ok(match Either::deserialize(d)? {
+            Either::Typed(f) => f,
+            Either::Status { status, error } => Failure::new(kind_of(status), error),
+        })
+    }
+
+    fn kind_of(status: u16) -> ErrorKind {
+        match status {
+            400 => ErrorKind::BadRequest,
+            409 => ErrorKind::Constraint,
+            413 => ErrorKind::TooLarge,
+            422 => ErrorKind::Invalid,
+            503 => ErrorKind::Unavailable,
+            504 => ErrorKind::Timeout,
+            507 => ErrorKind::Full,
+            _ => ErrorKind::Internal,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::{Constraint, ErrorKind};
 
     #[test]
-    fn database_errors_map_to_their_status() {
-        let e: ErrorReply = DbError::Constraint("UNIQUE".into()).into();
-        assert_eq!(e.status, 409);
-        let e: ErrorReply = DbError::Internal("disk".into()).into();
-        assert_eq!(e.status, 500);
-        let e: ErrorReply = DbError::Full("database or disk is full".into()).into();
-        assert_eq!(e.status, 507);
-        assert!(e.error.starts_with("out of space"), "{}", e.error);
-        let e: ErrorReply = DbError::Invalid("string or blob too big".into()).into();
-        assert_eq!(e.status, 422);
-        let e: ErrorReply = DbError::KeyReused("used".into()).into();
-        assert_eq!(e.status, 422);
-        // A transaction's failure has its failing statement's status and index.
-        let e: ErrorReply = DbError::Statement {
-            index: 2,
-            statement: "insert into users".into(),
-            cause: Box::new(DbError::Constraint("UNIQUE".into())),
-        }
-        .into();
-        assert_eq!(e.status, 409);
-        assert!(
-            e.error
-                .starts_with("statement 2 of the transaction (insert into users) failed"),
-            "{}",
-            e.error
+    fn error_replies_are_typed_on_the_wire() {
+        let reply = Reply::from_read(Err(DbError::Constraint(
+            Constraint::Unique,
+            "UNIQUE constraint failed: users.username".into(),
+        )));
+        let json = serde_json::to_value(&reply).expect("ser");
+        assert_eq!(
+            json,
+            serde_json::json!({"error": {
+                "kind": "constraint",
+                "constraint": "unique",
+                "message": "constraint violated: UNIQUE constraint failed: users.username"
+            }})
         );
-        let e: ErrorReply = DbError::Statement {
-            index: 0,
-            statement: "insert into rides".into(),
-            cause: Box::new(DbError::Full("database or disk is full".into())),
+        assert_eq!(serde_json::from_value::<Reply>(json).expect("de"), reply);
+    }
+
+    #[test]
+    fn an_older_workers_status_reply_is_read_as_its_kind() {
+        let cases = [
+            (400, ErrorKind::BadRequest),
+            (409, ErrorKind::Constraint),
+            (413, ErrorKind::TooLarge),
+            (422, ErrorKind::Invalid),
+            (503, ErrorKind::Unavailable),
+            (507, ErrorKind::Full),
+            (500, ErrorKind::Internal),
+        ];
+        for (status, kind) in cases {
+            let old = format!(r#"{{"error": {{"status": {status}, "error": "why"}}}}"#);
+            match serde_json::from_str::<Reply>(&old).expect("an old reply") {
+                Reply::Error(f) => {
+                    assert_eq!(
+                        (f.kind, f.constraint, f.message.as_str()),
+                        (kind, None, "why")
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
         }
-        .into();
-        assert_eq!(e.status, 507);
+        assert!(serde_json::from_str::<Reply>(r#"{"error": {"nothing": 1}}"#).is_err());
     }
 
     #[test]

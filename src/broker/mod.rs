@@ -380,8 +380,8 @@ impl std::io::Write for Capped {
     }
 }
 
-/// `reply` as JSON, or, if that is over `limit` bytes, an error reply (413)
-/// telling the client to ask for less.
+/// `reply` as JSON, or, if that is over `limit` bytes, an error reply (too
+/// large: a 413 for the client) telling the client to ask for less.
 pub fn reply_body(reply: &messages::Reply, limit: usize) -> anyhow::Result<Vec<u8>> {
     let mut out = Capped {
         bytes: Vec::new(),
@@ -391,12 +391,12 @@ pub fn reply_body(reply: &messages::Reply, limit: usize) -> anyhow::Result<Vec<u
         Ok(()) => Ok(out.bytes),
         Err(e) if e.is_io() => {
             warn!(limit, "reply over the size limit: answered with an error");
-            let refusal = messages::Reply::Error(messages::ErrorReply {
-                status: 413,
-                error: format!(
+            let refusal = messages::Reply::Error(crate::db::Failure::new(
+                crate::db::ErrorKind::TooLarge,
+                format!(
                     "the answer is larger than the {limit} bytes a reply may carry: ask for fewer rows with \"limit\" and page with \"offset\", or for fewer \"columns\""
                 ),
-            });
+            ));
             Ok(serde_json::to_vec(&refusal)?)
         }
         Err(e) => Err(e.into()),
@@ -433,7 +433,7 @@ pub async fn reply(
 
 #[cfg(test)]
 mod tests {
-    use super::messages::{ErrorReply, Reply};
+    use super::messages::Reply;
     use super::*;
     use crate::db::ReadOutcome;
 
@@ -465,11 +465,12 @@ mod tests {
         let big = reply_body(&rows(1000), 4096).expect("body");
         assert!(big.len() < 4096);
         match serde_json::from_slice::<Reply>(&big).expect("reply") {
-            Reply::Error(ErrorReply { status, error }) => {
-                assert_eq!(status, 413);
+            Reply::Error(f) => {
+                assert_eq!(f.kind, crate::db::ErrorKind::TooLarge);
                 assert!(
-                    error.contains("\"limit\"") && error.contains("\"offset\""),
-                    "{error}"
+                    f.message.contains("\"limit\"") && f.message.contains("\"offset\""),
+                    "{}",
+                    f.message
                 );
             }
             other => panic!("{other:?}"),

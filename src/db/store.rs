@@ -13,16 +13,18 @@ use rusqlite::{params_from_iter, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
+use super::error::Constraint;
 use super::request::{ReadRequest, WriteRequest};
 use super::{schema, sql};
 
-/// Why a statement failed, mapped to an HTTP status by the orchestrator
-/// (`ErrorReply`'s `From<DbError>`).
+/// Why a statement failed. Workers report it as a [`super::error::Failure`]
+/// of the matching kind; the orchestrator's HTTP edge picks the status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum DbError {
-    /// A constraint refused the write (duplicate key, unknown ride for a member): 409.
-    #[error("constraint violated: {0}")]
-    Constraint(String),
+    /// A constraint refused the write (duplicate key, unknown ride for a
+    /// member), with the rule it broke: 409.
+    #[error("constraint violated: {1}")]
+    Constraint(Constraint, String),
     /// A value the database cannot take (too big, wrong type for the column): 422.
     #[error("value refused by the database: {0}")]
     Invalid(String),
@@ -65,7 +67,7 @@ impl From<rusqlite::Error> for DbError {
             rusqlite::Error::SqliteFailure(f, msg) => {
                 let text = msg.clone().unwrap_or_else(|| e.to_string());
                 match f.code {
-                    C::ConstraintViolation => DbError::Constraint(text),
+                    C::ConstraintViolation => DbError::Constraint(rule(f.extended_code), text),
                     C::DiskFull => DbError::Full(text),
                     C::TooBig | C::TypeMismatch => DbError::Invalid(text),
                     _ => DbError::Internal(e.to_string()),
@@ -73,6 +75,16 @@ impl From<rusqlite::Error> for DbError {
             }
             _ => DbError::Internal(e.to_string()),
         }
+    }
+}
+
+/// The rule behind a constraint violation, from SQLite's extended result code.
+fn rule(extended_code: std::os::raw::c_int) -> Constraint {
+    use rusqlite::ffi;
+    match extended_code {
+        ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => Constraint::Unique,
+        ffi::SQLITE_CONSTRAINT_FOREIGNKEY => Constraint::ForeignKey,
+        _ => Constraint::Other,
     }
 }
 
@@ -797,7 +809,7 @@ mod tests {
             .map(|r| match r {
                 Ok(Commit::New(e, _)) => format!("new {}", e.seq),
                 Ok(Commit::Duplicate(o)) => format!("dup {}", o.seq),
-                Err(DbError::Constraint(_)) => "conflict".into(),
+                Err(DbError::Constraint(..)) => "conflict".into(),
                 Err(e) => format!("{e}"),
             })
             .collect();
@@ -863,7 +875,7 @@ mod tests {
                 Ok(Commit::New(e, _)) => format!("new {}", e.seq),
                 Ok(Commit::Duplicate(o)) => format!("dup {}", o.seq),
                 Err(DbError::Full(_)) => "full".into(),
-                Err(DbError::Constraint(_)) => "conflict".into(),
+                Err(DbError::Constraint(..)) => "conflict".into(),
                 Err(e) => format!("{e}"),
             })
             .collect();
@@ -979,7 +991,10 @@ mod tests {
         let again = master
             .commit_batch_at(1, t0 + 26 * hour, &[("key:a".to_string(), user("a"))])
             .expect("commit");
-        assert!(matches!(again[0], Err(DbError::Constraint(_))), "{again:?}");
+        assert!(
+            matches!(again[0], Err(DbError::Constraint(Constraint::Unique, _))),
+            "{again:?}"
+        );
     }
 
     #[test]
@@ -1049,7 +1064,10 @@ mod tests {
         let err = s
             .commit("w2", 1, &user("a"))
             .expect_err("duplicate username");
-        assert!(matches!(err, DbError::Constraint(_)), "{err:?}");
+        assert!(
+            matches!(err, DbError::Constraint(Constraint::Unique, _)),
+            "{err:?}"
+        );
         assert_eq!(s.seq(), 1);
         let (e, _) = committed(s.commit("w3", 1, &user("b")).expect("commit"));
         assert_eq!(e.seq, 2);
@@ -1193,7 +1211,10 @@ mod tests {
             1,
             &w(r#"{"table":"ride_members","insert":{"ride_id":99,"username":"a"}}"#),
         );
-        assert!(matches!(orphan, Err(DbError::Constraint(_))), "{orphan:?}");
+        assert!(
+            matches!(orphan, Err(DbError::Constraint(Constraint::ForeignKey, _))),
+            "{orphan:?}"
+        );
     }
 
     #[test]
@@ -1350,7 +1371,7 @@ mod tests {
         );
         match &results[1] {
             Err(e @ DbError::Statement { index: 2, .. }) => {
-                assert!(matches!(e.cause(), DbError::Constraint(_)), "{e:?}");
+                assert!(matches!(e.cause(), DbError::Constraint(..)), "{e:?}");
                 assert!(
                     e.to_string()
                         .starts_with("statement 2 of the transaction (insert into users) failed"),

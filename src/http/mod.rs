@@ -8,35 +8,31 @@ pub mod db;
 pub mod error;
 pub mod health;
 pub mod observe;
-pub mod rpc;
 pub mod workers;
-
-use std::time::Duration;
 
 use actix::{Addr, Recipient};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpResponse, Route};
 
-use crate::actors::dispatcher::{Probe, Publish};
+use crate::actors::dispatcher::Probe;
 use crate::actors::election::Election;
-use crate::actors::rpc_waiter::RpcWaiter;
+use crate::actors::rpc::Rpc;
 use crate::actors::scaler::Scaler;
 use crate::actors::supervisor::ContainerSupervisor;
 use crate::coord::session::Session;
 use error::ApiError;
 
-/// What the handlers reach: the actors, and how long to wait for a worker.
+/// What the handlers other than `db/*` reach: the actors they ask about the
+/// cluster. (`db/*` reach the DBaaS only through the RPC boundary,
+/// `web::Data<Rpc>`.)
 pub struct AppState {
-    pub dispatcher: Recipient<Publish>,
     /// A broker round trip, for readiness.
     pub broker_probe: Recipient<Probe>,
     /// The orchestrator's ZooKeeper session.
     pub zk: Session,
-    pub waiter: Addr<RpcWaiter>,
     pub election: Addr<Election>,
     pub supervisor: Addr<ContainerSupervisor>,
     pub scaler: Addr<Scaler>,
-    pub timeout: Duration,
     /// Renders `/metrics` (None: no recorder installed).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Writes waiting in `writeQ.dead` (None: not known, no broker session).
@@ -57,39 +53,51 @@ fn only(path: &str, method: Route, allow: &'static str) -> actix_web::Resource {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(only("/api/v1/db/read", web::post().to(db::read), "POST"))
-        .service(only("/api/v1/db/write", web::post().to(db::write), "POST"))
-        .service(only("/api/v1/db/clear", web::post().to(db::clear), "POST"))
-        .service(only(
-            "/api/v1/crash/master",
-            web::post().to(workers::crash_master),
-            "POST",
-        ))
-        .service(only(
-            "/api/v1/crash/slave",
-            web::post().to(workers::crash_slave),
-            "POST",
-        ))
-        .service(only(
-            "/api/v1/worker/list",
-            web::get().to(workers::list),
-            "GET",
-        ))
-        .service(only(
-            "/api/v1/worker/status",
-            web::get().to(workers::status),
-            "GET",
-        ))
-        .service(only(
-            "/api/v1/scaler",
-            web::get().to(workers::scaler),
-            "GET",
-        ))
-        .service(only("/api/v1/health", web::get().to(health::health), "GET"))
-        .service(only("/api/v1/ready", web::get().to(health::ready), "GET"))
-        .service(only("/metrics", web::get().to(observe::metrics), "GET"))
-        .service(only("/", web::get().to(observe::status_page), "GET"))
-        .default_service(web::to(|| async {
-            Err::<HttpResponse, _>(ApiError::new(StatusCode::NOT_FOUND, "no such route"))
-        }));
+    cfg.service(only(
+        "/api/v1/db/read",
+        web::post().to(db::read::<Rpc>),
+        "POST",
+    ))
+    .service(only(
+        "/api/v1/db/write",
+        web::post().to(db::write::<Rpc>),
+        "POST",
+    ))
+    .service(only(
+        "/api/v1/db/clear",
+        web::post().to(db::clear::<Rpc>),
+        "POST",
+    ))
+    .service(only(
+        "/api/v1/crash/master",
+        web::post().to(workers::crash_master),
+        "POST",
+    ))
+    .service(only(
+        "/api/v1/crash/slave",
+        web::post().to(workers::crash_slave),
+        "POST",
+    ))
+    .service(only(
+        "/api/v1/worker/list",
+        web::get().to(workers::list),
+        "GET",
+    ))
+    .service(only(
+        "/api/v1/worker/status",
+        web::get().to(workers::status),
+        "GET",
+    ))
+    .service(only(
+        "/api/v1/scaler",
+        web::get().to(workers::scaler),
+        "GET",
+    ))
+    .service(only("/api/v1/health", web::get().to(health::health), "GET"))
+    .service(only("/api/v1/ready", web::get().to(health::ready), "GET"))
+    .service(only("/metrics", web::get().to(observe::metrics), "GET"))
+    .service(only("/", web::get().to(observe::status_page), "GET"))
+    .default_service(web::to(|| async {
+        Err::<HttpResponse, _>(ApiError::new(StatusCode::NOT_FOUND, "no such route"))
+    }));
 }

@@ -9,6 +9,11 @@
 //! [`Retry::budget`]. Every logical write carries its own `Idempotency-Key`
 //! (a fresh uuid), the same on each of its retries, so a write that was
 //! applied but whose answer was lost is answered, not applied, again.
+//!
+//! Errors are told apart by the `kind` the DBaaS puts in its JSON error (and,
+//! for a constraint, which rule: `"constraint": "foreign_key"`), never by the
+//! database's message text; an answer without a kind (a proxy's 502, an older
+//! DBaaS) is judged by its status.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,13 +23,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 
 use super::error::ApiError;
+pub use crate::db::{Constraint, ErrorKind};
 
 /// Why a DBaaS call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DbError {
-    /// 409: a key or reference constraint was violated.
-    #[error("conflict: {0}")]
-    Conflict(String),
+    /// A key or reference constraint was violated (kind `constraint`, a 409);
+    /// `constraint` is the rule, when the DBaaS said which.
+    #[error("conflict: {message}")]
+    Conflict {
+        constraint: Option<Constraint>,
+        message: String,
+    },
     /// Unreachable, timed out, or answered 503/504: worth retrying later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -37,7 +47,7 @@ impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::Unavailable(_) => ApiError::unavailable(e.to_string()),
-            DbError::Conflict(_) | DbError::Failed { .. } => ApiError::internal(e.to_string()),
+            DbError::Conflict { .. } | DbError::Failed { .. } => ApiError::internal(e.to_string()),
         }
     }
 }
@@ -391,15 +401,32 @@ impl DbaasClient {
         if status.as_u16() == 200 {
             return serde_json::from_str(&text).map_err(unexpected);
         }
-        let message = serde_json::from_str::<Json>(&text)
-            .ok()
-            .and_then(|j| j.get("error").and_then(Json::as_str).map(str::to_string))
-            .unwrap_or(text);
-        Err(match status.as_u16() {
-            409 => DbError::Conflict(message),
-            502..=504 => DbError::Unavailable(message),
-            s => DbError::Failed { status: s, message },
-        })
+        Err(refusal(status.as_u16(), &text))
+    }
+}
+
+/// The error a non-200 answer stands for: by the `kind` of its JSON error,
+/// or, without one, by its status.
+fn refusal(status: u16, text: &str) -> DbError {
+    let body = serde_json::from_str::<Json>(text).unwrap_or(Json::Null);
+    let message = body
+        .get("error")
+        .and_then(Json::as_str)
+        .map_or_else(|| text.to_string(), str::to_string);
+    // Unknown values (a newer DBaaS) count as absent.
+    let field = |name: &str| body.get(name).cloned().unwrap_or(Json::Null);
+    let kind = serde_json::from_value::<Option<ErrorKind>>(field("kind")).unwrap_or(None);
+    let constraint =
+        serde_json::from_value::<Option<Constraint>>(field("constraint")).unwrap_or(None);
+    match (kind, status) {
+        (Some(ErrorKind::Constraint), _) | (None, 409) => DbError::Conflict {
+            constraint,
+            message,
+        },
+        (Some(ErrorKind::Unavailable | ErrorKind::Timeout), _) | (None, 502..=504) => {
+            DbError::Unavailable(message)
+        }
+        _ => DbError::Failed { status, message },
     }
 }
 
@@ -620,7 +647,10 @@ mod tests {
         let users = json!({"username": "a", "password": "p"});
         assert!(matches!(
             c.insert("users", users.clone()).await,
-            Err(DbError::Conflict(_))
+            Err(DbError::Conflict {
+                constraint: None,
+                ..
+            })
         ));
         assert!(matches!(
             c.insert("users", users.clone()).await,
@@ -632,6 +662,64 @@ mod tests {
         ));
         assert_eq!(seen(&log).len(), 3, "one attempt each");
         assert_eq!(c.seq(), 0);
+    }
+
+    #[test]
+    fn errors_are_told_apart_by_kind_not_text() {
+        let foreign_key = refusal(
+            409,
+            r#"{"error": "statement 1 failed: constraint violated: FOREIGN KEY constraint failed", "kind": "constraint", "constraint": "foreign_key"}"#,
+        );
+        assert!(
+            matches!(
+                &foreign_key,
+                DbError::Conflict {
+                    constraint: Some(Constraint::ForeignKey),
+                    message
+                } if message.starts_with("statement 1")
+            ),
+            "{foreign_key:?}"
+        );
+        // The kind decides, whatever the text says.
+        let unique = refusal(
+            409,
+            r#"{"error": "FOREIGN KEY", "kind": "constraint", "constraint": "unique"}"#,
+        );
+        assert!(
+            matches!(
+                unique,
+                DbError::Conflict {
+                    constraint: Some(Constraint::Unique),
+                    ..
+                }
+            ),
+            "{unique:?}"
+        );
+        for (status, body) in [
+            (503, r#"{"error": "replica behind", "kind": "unavailable"}"#),
+            (504, r#"{"error": "no master answered", "kind": "timeout"}"#),
+            (502, "<html>bad gateway</html>"),
+        ] {
+            assert!(
+                matches!(refusal(status, body), DbError::Unavailable(_)),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            refusal(422, r#"{"error": "used", "kind": "key_reused"}"#),
+            DbError::Failed {
+                status: 422,
+                message: "used".into()
+            }
+        );
+        // A kind this client does not know is judged by the status.
+        assert!(matches!(
+            refusal(409, r#"{"error": "x", "kind": "from_the_future"}"#),
+            DbError::Conflict {
+                constraint: None,
+                ..
+            }
+        ));
     }
 
     #[tokio::test]

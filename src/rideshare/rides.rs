@@ -16,7 +16,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value as Json};
 
 use super::counter::{self, count_requests};
-use super::dbaas_client::{http_client, DbError, DbaasClient, Read, Retry, Row, Write};
+use super::dbaas_client::{http_client, Constraint, DbError, DbaasClient, Read, Retry, Row, Write};
 use super::error::ApiError;
 use super::validate::{self, Fields};
 use super::web::{empty, not_found, read_fields, resource, serve};
@@ -246,9 +246,12 @@ async fn join(
     {
         Ok(_) => Ok(empty(StatusCode::OK)),
         // The ride was deleted meanwhile.
-        Err(DbError::Conflict(m)) if m.contains("FOREIGN KEY") => Ok(no_ride()),
+        Err(DbError::Conflict {
+            constraint: Some(Constraint::ForeignKey),
+            ..
+        }) => Ok(no_ride()),
         // Already a member.
-        Err(DbError::Conflict(_)) => Ok(empty(StatusCode::OK)),
+        Err(DbError::Conflict { .. }) => Ok(empty(StatusCode::OK)),
         Err(e) => Err(e.into()),
     }
 }

@@ -53,7 +53,7 @@ async fn add(
         .await
     {
         Ok(_) => Ok(empty(StatusCode::CREATED)),
-        Err(DbError::Conflict(_)) => Err(ApiError::bad_request(format!(
+        Err(DbError::Conflict { .. }) => Err(ApiError::bad_request(format!(
             "user {:?} already exists",
             validate::preview(&username)
         ))),

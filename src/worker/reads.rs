@@ -31,7 +31,8 @@ use tracing::{debug, warn};
 use super::fence::Fence;
 use super::WorkerState;
 use crate::broker;
-use crate::broker::messages::{ErrorReply, ReadMessage, Reply};
+use crate::broker::messages::{ReadMessage, Reply};
+use crate::db::Failure;
 
 /// Deliveries in flight per slave; also how many reads it runs at once.
 const PREFETCH: u16 = 32;
@@ -104,7 +105,7 @@ async fn serve_one(
     let message: ReadMessage = match serde_json::from_slice(&delivery.data) {
         Ok(m) => m,
         Err(e) => {
-            let reply = Reply::Error(ErrorReply::bad_request(e.to_string()));
+            let reply = Reply::Error(Failure::bad_request(e.to_string()));
             return send(replies, delivery, &reply, acked).await;
         }
     };
@@ -173,14 +174,11 @@ async fn ack(delivery: &Delivery) {
 async fn answer(state: &WorkerState, message: ReadMessage, read_wait: Duration) -> Reply {
     if let Some(min) = message.request.min_seq {
         if !state.replica.wait_for_seq(min, read_wait).await {
-            return Reply::Error(ErrorReply {
-                status: 503,
-                error: format!(
-                    "replica {} has applied seq {} and did not reach {min} within {read_wait:?}",
-                    state.pid,
-                    state.replica.seq()
-                ),
-            });
+            return Reply::Error(Failure::unavailable(format!(
+                "replica {} has applied seq {} and did not reach {min} within {read_wait:?}",
+                state.pid,
+                state.replica.seq()
+            )));
         }
     }
     let outcome = state.replica.read(message.request).await.map(|mut o| {

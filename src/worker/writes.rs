@@ -40,9 +40,9 @@ mod quarantine;
 
 use super::fence::Fence;
 use super::WorkerState;
-use crate::broker::messages::{ErrorReply, Reply, SyncMessage, WriteMessage};
+use crate::broker::messages::{Reply, SyncMessage, WriteMessage};
 use crate::broker::{self, dead, SYNC_Q, WRITE_Q};
-use crate::db::{Commit, DbError};
+use crate::db::{Commit, DbError, Failure};
 use answer::{Committed, Outbox};
 use quarantine::Verdict;
 
@@ -193,7 +193,7 @@ async fn commit_and_publish(
                 writes.push((msg.write_id, msg.request));
                 parsed.push(None);
             }
-            Err(e) => parsed.push(Some(Reply::Error(ErrorReply::bad_request(e.to_string())))),
+            Err(e) => parsed.push(Some(Reply::Error(Failure::bad_request(e.to_string())))),
         }
     }
     let results = if writes.is_empty() {
@@ -247,10 +247,7 @@ fn reply_for(result: Option<Result<Commit, DbError>>) -> Reply {
             Reply::Write(outcome)
         }
         Some(Err(e)) => Reply::Error(e.into()),
-        None => Reply::Error(ErrorReply {
-            status: 500,
-            error: "missing batch result".into(),
-        }),
+        None => Reply::Error(Failure::internal("missing batch result")),
     }
 }
 

@@ -127,7 +127,7 @@ pub async fn run<O: Outbox>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::messages::ErrorReply;
+    use crate::db::Failure;
     use crate::worker::fence::{Authority, Deposed};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Mutex;
@@ -188,7 +188,7 @@ mod tests {
     }
 
     fn ok_reply() -> Reply {
-        Reply::Error(ErrorReply::bad_request("placeholder outcome"))
+        Reply::Error(Failure::bad_request("placeholder outcome"))
     }
 
     fn batch(

@@ -25,7 +25,8 @@ use lapin::options::BasicPublishOptions;
 use lapin::{Channel, PublisherConfirm};
 
 use crate::broker::dead::{self, DEAD_WRITE_Q};
-use crate::broker::messages::{ErrorReply, Reply};
+use crate::broker::messages::Reply;
+use crate::db::{ErrorKind, Failure};
 
 /// From this many unanswered deliveries on, a write is a suspect.
 pub const SUSPECT_AFTER: u64 = 2;
@@ -62,14 +63,14 @@ pub fn reason(count: u64) -> String {
 /// The client's answer for a quarantined write.
 pub fn refusal(write_id: Option<&str>, count: u64) -> Reply {
     let id = write_id.map_or(String::new(), |id| format!(" {id}"));
-    Reply::Error(ErrorReply {
-        status: 422,
-        error: format!(
+    Reply::Error(Failure::new(
+        ErrorKind::Quarantined,
+        format!(
             "write{id} quarantined after {} deliveries: {} times a master took it and never answered, so it was not applied again; it waits in writeQ.dead (dbaasctl dead list, dbaasctl dead retry)",
             count + 1,
             count
         ),
-    })
+    ))
 }
 
 /// Publishes `delivery` to `writeQ.dead` on `channel` (a confirmed channel)
@@ -129,8 +130,12 @@ mod tests {
     #[test]
     fn the_client_is_told_why_and_what_to_do() {
         match refusal(Some("key:abc"), 5) {
-            Reply::Error(ErrorReply { status, error }) => {
-                assert_eq!(status, 422);
+            Reply::Error(Failure {
+                kind,
+                message: error,
+                ..
+            }) => {
+                assert_eq!(kind, ErrorKind::Quarantined);
                 assert!(error.contains("key:abc"), "{error}");
                 assert!(error.contains("quarantined after 6 deliveries"), "{error}");
                 assert!(error.contains("writeQ.dead"), "{error}");

@@ -1,0 +1,159 @@
+//! What a request can fail with, as a kind rather than a status: workers
+//! answer with a [`Failure`] on `responseQ`, the orchestrator's RPC boundary
+//! returns one, the HTTP edge alone picks the status for each [`ErrorKind`]
+//! (`crate::http::error`), and clients of the API match on the kind that the
+//! JSON error carries (`{"error": "...", "kind": "constraint", "constraint":
+//! "foreign_key"}`) rather than on SQLite's text. Nothing here depends on
+//! SQLite (the store classifies its errors), so API clients can share it.
+
+use serde::{Deserialize, Serialize};
+
+use super::DbError;
+
+/// Why a request failed, in terms a client can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// A constraint of the schema refused the write ([`Constraint`] says which).
+    Constraint,
+    /// The request cannot be understood or can never be served as asked.
+    BadRequest,
+    /// A value the database cannot take (too big, wrong type for the column).
+    Invalid,
+    /// An `Idempotency-Key` already used for a different request.
+    KeyReused,
+    /// A write that kept coming back unanswered, set aside in `writeQ.dead`
+    /// without being applied.
+    Quarantined,
+    /// The answer is larger than a reply may carry: ask for less.
+    TooLarge,
+    /// Out of space: a full disk, or a key the database assigns at its largest value.
+    Full,
+    /// Not served now, worth retrying: a replica behind the requested
+    /// `min_seq`, or the broker unreachable.
+    Unavailable,
+    /// No worker answered within the request deadline (reported by the
+    /// orchestrator, never by a worker).
+    Timeout,
+    /// A bug or a failure of the database itself.
+    Internal,
+}
+
+/// Which rule of the schema a [`ErrorKind::Constraint`] failure broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Constraint {
+    /// A UNIQUE or PRIMARY KEY constraint: the row exists already.
+    Unique,
+    /// A FOREIGN KEY constraint: the row referred to does not exist.
+    ForeignKey,
+    /// Any other (NOT NULL, CHECK).
+    Other,
+}
+
+/// A failed request: its kind, the rule for a constraint, and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub kind: ErrorKind,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub constraint: Option<Constraint>,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            constraint: None,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Failure {
+        Failure::new(ErrorKind::BadRequest, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Failure {
+        Failure::new(ErrorKind::Unavailable, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Failure {
+        Failure::new(ErrorKind::Internal, message)
+    }
+}
+
+impl From<DbError> for Failure {
+    /// The kind of what went wrong, under any transaction statement it
+    /// happened in; the message names the statement.
+    fn from(e: DbError) -> Failure {
+        let (kind, constraint) = match e.cause() {
+            DbError::Constraint(rule, _) => (ErrorKind::Constraint, Some(*rule)),
+            DbError::Invalid(_) => (ErrorKind::Invalid, None),
+            DbError::KeyReused(_) => (ErrorKind::KeyReused, None),
+            DbError::Full(_) => (ErrorKind::Full, None),
+            DbError::Internal(_) | DbError::Statement { .. } => (ErrorKind::Internal, None),
+        };
+        Failure {
+            kind,
+            constraint,
+            message: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_errors_have_their_kind_under_a_transaction_statement() {
+        let f = Failure::from(DbError::Constraint(Constraint::Unique, "UNIQUE".into()));
+        assert_eq!(
+            (f.kind, f.constraint),
+            (ErrorKind::Constraint, Some(Constraint::Unique))
+        );
+        assert_eq!(f.message, "constraint violated: UNIQUE");
+        let f = Failure::from(DbError::Full("database or disk is full".into()));
+        assert_eq!(f.kind, ErrorKind::Full);
+        assert!(f.message.starts_with("out of space"), "{}", f.message);
+        assert_eq!(
+            Failure::from(DbError::Invalid("string or blob too big".into())).kind,
+            ErrorKind::Invalid
+        );
+        assert_eq!(
+            Failure::from(DbError::KeyReused("used".into())).kind,
+            ErrorKind::KeyReused
+        );
+        assert_eq!(
+            Failure::from(DbError::Internal("disk".into())).kind,
+            ErrorKind::Internal
+        );
+        let f = Failure::from(DbError::Statement {
+            index: 2,
+            statement: "insert into ride_members".into(),
+            cause: Box::new(DbError::Constraint(Constraint::ForeignKey, "FK".into())),
+        });
+        assert_eq!(
+            (f.kind, f.constraint),
+            (ErrorKind::Constraint, Some(Constraint::ForeignKey))
+        );
+        assert!(
+            f.message
+                .starts_with("statement 2 of the transaction (insert into ride_members) failed"),
+            "{}",
+            f.message
+        );
+    }
+
+    #[test]
+    fn a_failure_is_json_with_snake_case_kinds() {
+        let mut f = Failure::new(ErrorKind::Constraint, "dup");
+        f.constraint = Some(Constraint::ForeignKey);
+        assert_eq!(
+            serde_json::to_value(&f).expect("ser"),
+            serde_json::json!({"kind": "constraint", "constraint": "foreign_key", "message": "dup"})
+        );
+        assert_eq!(
+            serde_json::to_value(Failure::new(ErrorKind::KeyReused, "k")).expect("ser"),
+            serde_json::json!({"kind": "key_reused", "message": "k"})
+        );
+    }
+}
