@@ -15,8 +15,7 @@
 //! run to some faults (names as in [`Fault::key`]; then faults-partial.*);
 //! `BENCH_SMOKE=1` runs `crash-slave` alone with short windows (faults-smoke.*).
 
-#[path = "../integration/common/mod.rs"]
-mod common;
+mod harness;
 mod shared;
 
 use std::collections::BTreeMap;
@@ -24,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{sigkill, signal, slave_pids, wait_until, Options, Orchestrator};
+use harness::{sigkill, signal, slave_pids, wait_until, Options, Orchestrator};
 use serde_json::{json, Value};
 
 /// The ZooKeeper session timeout the bench sets (and the default, 2 s): the
@@ -175,7 +174,8 @@ async fn client(
     while !stop.load(Ordering::Relaxed) && Instant::now() < until {
         n += 1;
         let value = format!("v{n}");
-        let write = json!({"table": "users", "update": {"set": {"password": value}, "where": {"username": key}}});
+        let update = json!({"set": {"password": value}, "where": {"username": key}});
+        let write = json!({"table": "users", "update": update});
         let (w, reply) = timed(Kind::Write, http.post(&write_url).json(&write)).await;
         records.push(w);
         // After a failed write the row's value is unknown (the write may still
@@ -607,8 +607,13 @@ async fn main() {
         }));
         drop(o);
     }
-    let total = started.elapsed();
+    report(&results, &t, started.elapsed());
+}
 
+/// Writes bench/results/faults.md and faults.json (faults-smoke.* or
+/// faults-partial.* for a smoke or narrowed run): a row per fault, then the
+/// errors the clients got.
+fn report(results: &[(Outcome, Figures)], t: &Timing, total: Duration) {
     let mut md = String::from("# Faults under load\n\n");
     md.push_str(&format!(
         "{} {CLIENTS} clients, each updating its own `users` row and reading it back \
@@ -625,12 +630,13 @@ async fn main() {
     ));
     md.push_str(
         "| fault | requests (reads / writes) | failed reads | failed writes | RYW violations | \
-         longest read | longest write | failures from first to last | pool healthy again | new master |\n\
+         longest read | longest write | failures from first to last | pool healthy again \
+         | new master |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut json_rows = Vec::new();
     let mut notes = String::new();
-    for (o, f) in &results {
+    for (o, f) in results {
         let span = f.failing.map(|(a, b)| b.duration_since(a));
         md.push_str(&format!(
             "| {} | {} ({} / {}) | {} | {} | {} | {} | {} | {} | {} | {} |\n",

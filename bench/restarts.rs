@@ -1,6 +1,6 @@
 //! `BENCH_PARTS=restarts scripts/bench`: how long the service takes to come
 //! back after its infrastructure restarts (issue 13's figures), each with
-//! brokers of its own (`integration/common/private_brokers.rs`):
+//! brokers of its own (`bench/harness/brokers.rs`):
 //!
 //! - the whole system (orchestrator, workers, RabbitMQ, ZooKeeper) stopped and
 //!   started on the same data, at two data sizes: from the orchestrator's start
@@ -11,14 +11,13 @@
 //! - ZooKeeper stopped past the session timeout and started: from its return
 //!   to the first acknowledged write and the first read.
 
-#[path = "../integration/common/mod.rs"]
-mod common;
+mod harness;
 mod shared;
 
 use std::time::{Duration, Instant};
 
-use common::private_brokers::PrivateBrokers;
-use common::{wait_until, Options, Orchestrator};
+use harness::brokers::PrivateBrokers;
+use harness::{wait_until, Options, Orchestrator};
 use serde_json::{json, Value};
 
 /// Rows per insert write (the request model's largest insert).
@@ -142,7 +141,8 @@ async fn main() {
     for &rows in sizes {
         let (took, starts) = whole_system(rows).await;
         md.push_str(&format!(
-            "| whole system stopped and started | {rows} | first strong read of the last write (from the orchestrator's start) | {took:.3} | {} |\n",
+            "| whole system stopped and started | {rows} | first strong read of the last write \
+             (from the orchestrator's start) | {took:.3} | {} |\n",
             starts.join(", ")
         ));
         json_rows.push(
@@ -152,14 +152,18 @@ async fn main() {
     if !shared::smoke() {
         let rmq = rabbitmq_restart().await;
         md.push_str(&format!(
-            "| RabbitMQ stopped and started | 1000 | first acknowledged write (from the broker's start) | {rmq:.3} | |\n"
+            "| RabbitMQ stopped and started | 1000 | first acknowledged write \
+             (from the broker's start) | {rmq:.3} | |\n"
         ));
         json_rows.push(json!({"scenario": "rabbitmq", "rows": 1000, "first_write": rmq}));
         let (write, read) = zookeeper_restart().await;
         md.push_str(&format!(
-            "| ZooKeeper stopped 3 s and started | 1000 | first acknowledged write / first read (from ZooKeeper's start) | {write:.3} / {read:.3} | |\n"
+            "| ZooKeeper stopped 3 s and started | 1000 | first acknowledged write / first read \
+             (from ZooKeeper's start) | {write:.3} / {read:.3} | |\n"
         ));
-        json_rows.push(json!({"scenario": "zookeeper", "rows": 1000, "first_write": write, "first_read": read}));
+        json_rows.push(json!({
+            "scenario": "zookeeper", "rows": 1000, "first_write": write, "first_read": read,
+        }));
     }
     if !shared::smoke() {
         shared::write_results("restarts", &md, &json!(json_rows));

@@ -1,7 +1,7 @@
 //! `BENCH_PARTS=scale scripts/bench`: how the system scales with the data.
 //!
 //! For each size (1 M, 5 M and 10 M `users` rows; `BENCH_SCALE_ROWS=1000000`
-//! narrows it), on brokers of its own (`integration/common/private_brokers.rs`)
+//! narrows it), on brokers of its own (`bench/harness/brokers.rs`)
 //! and a master with two slaves:
 //!
 //! - **load**: rows/s, in writes of 10 000 rows each (two writers);
@@ -27,20 +27,19 @@
 //! `BENCH_SMOKE=1`, 20 000 rows; scale-partial.* when `BENCH_SCALE_ROWS` names
 //! other sizes).
 
-#[path = "../integration/common/mod.rs"]
-mod common;
+mod harness;
 mod shared;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::private_brokers::PrivateBrokers;
-use common::{slave_pids, wait_until, Options, Orchestrator};
 use dbaas::db::Store;
 use dbaas::worker::snapshot::frame::{Frame, Offer};
 use dbaas::worker::snapshot::serve::{send_file, Reply};
 use dbaas::worker::snapshot::{fetch_once, Settings};
 use futures_util::StreamExt;
+use harness::brokers::PrivateBrokers;
+use harness::{slave_pids, wait_until, Options, Orchestrator};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use serde_json::{json, Value};
@@ -102,7 +101,10 @@ async fn load(o: &Orchestrator, rows: u64) -> (f64, u64) {
             let mut last = 0u64;
             for b in (w..writes).step_by(WRITERS) {
                 let batch: Vec<Value> = (0..BATCH)
-                    .map(|i| json!({"username": format!("u{b:05}-{i:05}"), "password": "pw-0123456789"}))
+                    .map(|i| {
+                        let name = format!("u{b:05}-{i:05}");
+                        json!({"username": name, "password": "pw-0123456789"})
+                    })
                     .collect();
                 let body = json!({"table": "users", "insert": batch});
                 let mut tries = 0;
@@ -430,9 +432,18 @@ fn report(results: &[Sized], started: Instant) {
     let mut rows_json = Vec::new();
     for r in results {
         md.push_str(&format!(
-            "| {} | {:.0} MB | {:.0} rows/s | {:.2} s | {:.2} s | {:.2} s | {} MiB | {} MiB | {:.0} MB | {:.2} s |\n",
-            r.rows, r.file_mb, r.load_rows_s, r.replaced_s, r.backup_s, r.cp_s,
-            mib(r.joiner_rss), mib(r.source_rss), r.disk_mb, r.restart_s
+            "| {} | {:.0} MB | {:.0} rows/s | {:.2} s | {:.2} s | {:.2} s | {} MiB | {} MiB \
+             | {:.0} MB | {:.2} s |\n",
+            r.rows,
+            r.file_mb,
+            r.load_rows_s,
+            r.replaced_s,
+            r.backup_s,
+            r.cp_s,
+            mib(r.joiner_rss),
+            mib(r.source_rss),
+            r.disk_mb,
+            r.restart_s
         ));
         rows_json.push(json!({
             "rows": r.rows, "file_mb": r.file_mb, "load_rows_per_s": r.load_rows_s,
@@ -444,7 +455,10 @@ fn report(results: &[Sized], started: Instant) {
             "chunk_sweep_s": r.chunk_sweep,
         }));
     }
-    md.push_str("\nPer size, the snapshot as the workers logged it, and the data directory after the replacement:\n\n");
+    md.push_str(
+        "\nPer size, the snapshot as the workers logged it, and the data directory after the \
+         replacement:\n\n",
+    );
     for r in results {
         md.push_str(&format!(
             "- {} rows: source `{}`; joiner `{}`; files: {}\n",

@@ -1,7 +1,7 @@
-//! What both bench targets (`dbaas` in main.rs, `faults` in faults.rs) share:
-//! the environment knobs, the machine line of a report and where results go.
-//! The brokers come from `scripts/bench`, the orchestrator harness from
-//! `integration/common`.
+//! What every bench target (`dbaas` in main.rs, `faults`, `restarts`,
+//! `scale`) shares: the environment knobs, the machine line of a report and
+//! where results go. The brokers come from `scripts/bench`, the orchestrator
+//! processes from the benches' own harness (`harness/`).
 
 #![allow(dead_code)]
 

@@ -4,14 +4,16 @@
 //! RideShare DBaaS client retrying a write whose reply was lost without
 //! applying it twice (issue 14, item 8).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use dbaas::http::db::IDEMPOTENCY_KEY;
 use dbaas::rideshare::dbaas_client::{http_client, DbaasClient, Retry};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
+use crate::common::fake_http::{lost_reply, FakeServer};
 use crate::common::{slave_pids, Options, Orchestrator};
 
 fn user(name: &str) -> Value {
@@ -194,107 +196,82 @@ async fn a_keyed_transaction_applies_once() {
 
 // ------------------------------------------------- a proxy that loses replies
 
-/// Reads one HTTP request: its head's lines and its body (by Content-Length).
-async fn read_request(stream: &mut TcpStream) -> Option<(Vec<String>, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+/// A proxy in front of the orchestrator: forwards every request, but loses
+/// the answer of the first write (the write is applied, its client never
+/// hears so). Keeps the Idempotency-Key of every write it forwarded.
+struct LosingProxy {
+    target: String,
+    http: reqwest::Client,
+    keys: Mutex<Vec<Option<String>>>,
+}
+
+async fn forward(
+    req: HttpRequest,
+    body: web::Bytes,
+    proxy: web::Data<LosingProxy>,
+) -> HttpResponse {
+    let key = req
+        .headers()
+        .get(IDEMPOTENCY_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let first_write = req.path().ends_with("/db/write") && {
+        let mut keys = proxy.keys.lock().expect("lock");
+        keys.push(key.clone());
+        keys.len() == 1
     };
-    let head: Vec<String> = String::from_utf8_lossy(&buf[..end])
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let length = header(&head, "content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    let mut body = buf[end..].to_vec();
-    while body.len() < length {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        body.extend_from_slice(&chunk[..n]);
+    let mut out = proxy
+        .http
+        .post(format!("{}{}", proxy.target, req.path()))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(k) = &key {
+        out = out.header(IDEMPOTENCY_KEY, k);
     }
-    Some((head, body))
+    let Ok(answer) = out.send().await else {
+        return lost_reply();
+    };
+    let status = answer.status().as_u16();
+    let text = answer.text().await.unwrap_or_default();
+    if first_write {
+        // Applied by the DBaaS; the answer is lost on the way back.
+        return lost_reply();
+    }
+    HttpResponse::build(StatusCode::from_u16(status).expect("an HTTP status"))
+        .content_type("application/json")
+        .body(text)
 }
 
-fn header(head: &[String], name: &str) -> Option<String> {
-    head.iter().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-    })
-}
-
-/// A proxy in front of the orchestrator that forwards every request, but
-/// closes the connection instead of relaying the answer of the first write:
-/// the write is applied, its client never hears so. Returns its URL and the
-/// Idempotency-Key of every write it forwarded.
-async fn losing_proxy(target: String) -> (String, Arc<Mutex<Vec<Option<String>>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let keys = Arc::new(Mutex::new(Vec::new()));
-    let seen = keys.clone();
-    let http = reqwest::Client::new();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let Some((head, body)) = read_request(&mut stream).await else {
-                continue;
-            };
-            let path = head[0].split(' ').nth(1).unwrap_or("/").to_string();
-            let key = header(&head, "idempotency-key");
-            let mut forward = http
-                .post(format!("{target}{path}"))
-                .header("content-type", "application/json")
-                .body(body);
-            if let Some(k) = &key {
-                forward = forward.header("Idempotency-Key", k);
-            }
-            let first_write = path.ends_with("/db/write") && {
-                let mut keys = seen.lock().expect("lock");
-                keys.push(key);
-                keys.len() == 1
-            };
-            let Ok(answer) = forward.send().await else {
-                continue;
-            };
-            let status = answer.status().as_u16();
-            let text = answer.text().await.unwrap_or_default();
-            if first_write {
-                // Applied by the DBaaS; the answer is lost on the way back.
-                continue;
-            }
-            let reply = format!(
-                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-                text.len()
-            );
-            let _ = stream.write_all(reply.as_bytes()).await;
+fn losing_proxy(target: String) -> (FakeServer, web::Data<LosingProxy>) {
+    let proxy = web::Data::new(LosingProxy {
+        target,
+        http: reqwest::Client::new(),
+        keys: Mutex::default(),
+    });
+    let server = FakeServer::start({
+        let proxy = proxy.clone();
+        move |cfg| {
+            cfg.app_data(proxy.clone())
+                .default_service(web::to(forward));
         }
     });
-    (url, keys)
+    (server, proxy)
 }
 
 #[tokio::test]
 async fn the_client_retries_a_lost_reply_under_its_key_and_applies_the_write_once() {
     let o = Orchestrator::start("txn-client-retry", Options::default()).await;
     o.insert_user("alice").await;
-    let (proxy, keys) = losing_proxy(o.url.clone()).await;
+    let (proxy, seen) = losing_proxy(o.url.clone());
     let timeout = Duration::from_secs(10);
-    let client = DbaasClient::new(http_client(timeout).expect("client"), &proxy)
+    let client = DbaasClient::new(http_client(timeout).expect("client"), &proxy.url)
         .with_retry(Retry::new(timeout, Duration::from_secs(20)));
     let row = json!({"created_by": "alice", "timestamp": "2031-01-02 08:30:00", "source": 1, "destination": 2});
     let out = client
         .insert("rides", row)
         .await
         .expect("answered on a retry");
-    let keys = keys.lock().expect("lock").clone();
+    let keys = seen.keys.lock().expect("lock").clone();
     assert_eq!(keys.len(), 2, "sent twice: {keys:?}");
     assert!(keys[0].is_some(), "{keys:?}");
     assert_eq!(keys[0], keys[1], "under the same key");

@@ -2,10 +2,17 @@
 //! ZooKeeper chroot on the brokers `scripts/test` started, so tests never see
 //! each other's queues or znodes, and a real orchestrator process (process
 //! runtime, real workers) on a free port. Waiting is always on a condition.
+//!
+//! - [`rideshare`]: the `users` and `rides` service processes on a DBaaS.
+//! - [`fake_http`]: stand-ins built with actix-web (a users service, a proxy
+//!   that loses replies), each on a thread of its own.
+//! - [`private_brokers`]: a RabbitMQ and a ZooKeeper of one test's own.
 
 #![allow(dead_code)]
 
+pub mod fake_http;
 pub mod private_brokers;
+pub mod rideshare;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -522,20 +529,26 @@ impl Orchestrator {
                 return;
             }
         };
-        if let Ok(pid) = i32::try_from(child.id()) {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        terminate(child, Duration::from_secs(20));
     }
+}
+
+/// SIGTERM, then SIGKILL if `child` has not exited within `patience`; waits
+/// for it either way.
+pub fn terminate(child: &mut Child, patience: Duration) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Orchestrator {

@@ -497,84 +497,66 @@ mod tests {
 
     type Log = Arc<std::sync::Mutex<Vec<Seen>>>;
 
-    /// Reads one request: its head's lines and its body (by Content-Length).
-    async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(Vec<String>, Vec<u8>)> {
-        use tokio::io::AsyncReadExt;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let n = stream.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head: Vec<String> = String::from_utf8_lossy(&buf[..end])
-            .lines()
-            .map(str::to_string)
-            .collect();
-        let length = head
-            .iter()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse::<usize>().ok())?
-            })
-            .unwrap_or(0);
-        let mut body = buf[end..].to_vec();
-        while body.len() < length {
-            let n = stream.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        Some((head, body))
+    /// The fake's answers, in order, and what it saw.
+    struct Script {
+        answers: Vec<(u16, Json)>,
+        log: Log,
     }
 
-    /// A DBaaS stand-in answering each request with the next answer of
-    /// `script` (the last one repeats); status 0 closes the connection without
-    /// an answer, as when a reply is lost.
+    /// Records the request and gives the next answer of the script (the last
+    /// one repeats). Status 0 is a reply lost on the way: the connection
+    /// breaks before an answer arrives, as when a proxy or the network drops it.
+    async fn scripted(
+        req: actix_web::HttpRequest,
+        body: actix_web::web::Bytes,
+        script: actix_web::web::Data<Script>,
+    ) -> actix_web::HttpResponse {
+        let key = req
+            .headers()
+            .get(crate::http::db::IDEMPOTENCY_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let n = {
+            let mut log = script.log.lock().expect("lock");
+            log.push(Seen {
+                path: req.path().to_string(),
+                key,
+                body: serde_json::from_slice(&body).unwrap_or(Json::Null),
+            });
+            log.len() - 1
+        };
+        let (status, answer) = script.answers[n.min(script.answers.len() - 1)].clone();
+        match StatusCode::from_u16(status) {
+            Ok(status) => actix_web::HttpResponse::build(status).json(answer),
+            Err(_) => actix_web::HttpResponse::Ok().streaming(futures_util::stream::once(async {
+                Err::<actix_web::web::Bytes, _>(std::io::Error::other("the reply is lost"))
+            })),
+        }
+    }
+
+    /// A DBaaS stand-in (actix-web on a thread of its own) answering each
+    /// request with the next answer of `script`; see [`scripted`].
     async fn fake_dbaas(script: Vec<(u16, Json)>) -> (String, Log) {
-        use tokio::io::AsyncWriteExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let log = Log::default();
-        let seen = log.clone();
-        tokio::spawn(async move {
-            let mut n = 0;
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let Some((head, body)) = read_request(&mut stream).await else {
-                    continue;
-                };
-                let header = |name: &str| {
-                    head.iter().find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-                    })
-                };
-                seen.lock().expect("lock").push(Seen {
-                    path: head[0].split(' ').nth(1).unwrap_or_default().to_string(),
-                    key: header("idempotency-key"),
-                    body: serde_json::from_slice(&body).unwrap_or(Json::Null),
-                });
-                let (status, answer) = script[n.min(script.len() - 1)].clone();
-                n += 1;
-                if status == 0 {
-                    continue;
-                }
-                let text = answer.to_string();
-                let reply = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-                    text.len()
-                );
-                let _ = stream.write_all(reply.as_bytes()).await;
-            }
+        let script = actix_web::web::Data::new(Script {
+            answers: script,
+            log: log.clone(),
+        });
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = actix_web::HttpServer::new(move || {
+                    actix_web::App::new()
+                        .app_data(script.clone())
+                        .default_service(actix_web::web::to(scripted))
+                })
+                .workers(1)
+                .disable_signals()
+                .listen(listener)
+                .expect("listen");
+                let _ = server.run().await;
+            })
         });
         (url, log)
     }

@@ -7,6 +7,9 @@
 //! - [`dbaas_client`]: the typed, time-limited HTTP client to the DBaaS, with
 //!   read-your-writes through `min_seq`, transactions, and retries that send
 //!   a write's `Idempotency-Key` again so it is applied once.
+//! - [`store`]: what the handlers need from outside (the DBaaS's data calls,
+//!   the user check) as two small traits, so their unit tests run on
+//!   in-memory fakes.
 //! - [`counter`]: the `_count` request counter and its routes.
 //! - [`validate`]: parsing of timestamps, passwords, areas, ids, usernames.
 //! - [`web`]: request bodies (JSON or form), 405/404 answers.
@@ -16,6 +19,9 @@ pub mod counter;
 pub mod dbaas_client;
 pub mod error;
 pub mod rides;
+pub mod store;
+#[cfg(test)]
+mod test_support;
 pub mod users;
 pub mod validate;
 pub mod web;

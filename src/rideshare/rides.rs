@@ -18,6 +18,7 @@ use serde_json::{json, Value as Json};
 use super::counter::{self, count_requests};
 use super::dbaas_client::{http_client, Constraint, DbError, DbaasClient, Read, Retry, Row, Write};
 use super::error::ApiError;
+use super::store::{Store, UserDirectory};
 use super::validate::{self, Fields};
 use super::web::{empty, not_found, read_fields, resource, serve};
 
@@ -85,10 +86,11 @@ impl UsersApi {
     }
 }
 
-/// What the handlers share.
-pub struct State {
-    pub db: DbaasClient,
-    pub users: UsersApi,
+/// What the handlers share: the DBaaS and the user check (the real ones,
+/// or fakes in tests).
+pub struct State<D = DbaasClient, U = UsersApi> {
+    pub db: D,
+    pub users: U,
 }
 
 fn no_ride() -> HttpResponse {
@@ -111,8 +113,8 @@ fn user_missing(username: &str) -> ApiError {
 }
 
 /// `POST /api/v1/rides` → 201 `{}`; bad input or unknown user → 400.
-async fn create(
-    state: web::Data<State>,
+async fn create<D: Store, U: UserDirectory>(
+    state: web::Data<State<D, U>>,
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -141,7 +143,10 @@ async fn create(
 
 /// `GET /api/v1/rides?source=S&destination=D` → the rides still to come on
 /// that route, soonest first; 204 when none; 400 for missing/invalid areas.
-async fn upcoming(state: web::Data<State>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+async fn upcoming<D: Store, U: UserDirectory>(
+    state: web::Data<State<D, U>>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let params = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?
         .into_inner();
@@ -182,7 +187,7 @@ async fn upcoming(state: web::Data<State>, req: HttpRequest) -> Result<HttpRespo
     Ok(HttpResponse::Ok().json(rides))
 }
 
-async fn find_ride(db: &DbaasClient, id: i64) -> Result<Option<Row>, ApiError> {
+async fn find_ride(db: &impl Store, id: i64) -> Result<Option<Row>, ApiError> {
     let mut rows = db
         .read(Read::table("rides").filter("ride_id", json!(id)))
         .await?;
@@ -190,7 +195,10 @@ async fn find_ride(db: &DbaasClient, id: i64) -> Result<Option<Row>, ApiError> {
 }
 
 /// `GET /api/v1/rides/{rideId}` → the ride with the users who joined it.
-async fn details(state: web::Data<State>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn details<D: Store, U: UserDirectory>(
+    state: web::Data<State<D, U>>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let Some(id) = validate::ride_id(&id) else {
         return Ok(no_ride());
     };
@@ -219,8 +227,8 @@ async fn details(state: web::Data<State>, id: web::Path<String>) -> Result<HttpR
 
 /// `POST /api/v1/rides/{rideId}` `{"username"}` → 200 `{}` (joining twice,
 /// or joining one's own ride, changes nothing); unknown user → 400.
-async fn join(
-    state: web::Data<State>,
+async fn join<D: Store, U: UserDirectory>(
+    state: web::Data<State<D, U>>,
     id: web::Path<String>,
     req: HttpRequest,
     body: web::Payload,
@@ -257,7 +265,10 @@ async fn join(
 }
 
 /// `DELETE /api/v1/rides/{rideId}` → 200 `{}`; unknown → 400.
-async fn remove(state: web::Data<State>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn remove<D: Store, U: UserDirectory>(
+    state: web::Data<State<D, U>>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let unknown = || ApiError::bad_request(format!("no such ride {:?}", validate::preview(&id)));
     let Some(ride_id) = validate::ride_id(&id) else {
         return Err(unknown());
@@ -274,14 +285,18 @@ async fn remove(state: web::Data<State>, id: web::Path<String>) -> Result<HttpRe
 
 /// `GET /api/v1/rides/count` → `[n]`: the rides in the DBaaS, i.e. created
 /// since the last clear and not deleted since.
-async fn count(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+async fn count<D: Store, U: UserDirectory>(
+    state: web::Data<State<D, U>>,
+) -> Result<HttpResponse, ApiError> {
     let n = state.db.count(Read::table("rides")).await?;
     Ok(HttpResponse::Ok().json([n]))
 }
 
 /// `POST /api/v1/db/clear` → 200 `{}`: removes every ride and membership
 /// (one transaction).
-async fn clear(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+async fn clear<D: Store, U: UserDirectory>(
+    state: web::Data<State<D, U>>,
+) -> Result<HttpResponse, ApiError> {
     state
         .db
         .transaction(vec![Write::clear("ride_members"), Write::clear("rides")])
@@ -289,27 +304,34 @@ async fn clear(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     Ok(empty(StatusCode::OK))
 }
 
-/// The rides service's routes; needs `web::Data<State>` and `web::Data<Counter>`.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// The rides service's routes; needs `web::Data<State<D, U>>` and `web::Data<Counter>`.
+pub fn routes<D: Store, U: UserDirectory>(cfg: &mut web::ServiceConfig) {
     cfg.service(
         resource(
             "/api/v1/rides",
-            vec![web::post().to(create), web::get().to(upcoming)],
+            vec![
+                web::post().to(create::<D, U>),
+                web::get().to(upcoming::<D, U>),
+            ],
             "GET, POST",
         )
         .wrap(from_fn(count_requests)),
     )
     .service(
-        resource("/api/v1/rides/count", vec![web::get().to(count)], "GET")
-            .wrap(from_fn(count_requests)),
+        resource(
+            "/api/v1/rides/count",
+            vec![web::get().to(count::<D, U>)],
+            "GET",
+        )
+        .wrap(from_fn(count_requests)),
     )
     .service(
         resource(
             "/api/v1/rides/{rideId}",
             vec![
-                web::get().to(details),
-                web::post().to(join),
-                web::delete().to(remove),
+                web::get().to(details::<D, U>),
+                web::post().to(join::<D, U>),
+                web::delete().to(remove::<D, U>),
             ],
             "GET, POST, DELETE",
         )
@@ -317,7 +339,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(resource(
         "/api/v1/db/clear",
-        vec![web::post().to(clear)],
+        vec![web::post().to(clear::<D, U>)],
         "POST",
     ))
     .configure(counter::routes)
@@ -337,5 +359,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         bind = %config.bind, dbaas = %config.dbaas_url, users = %config.users_url,
         origin = %config.origin, "rides service starting"
     );
-    serve("rides", &config.bind, config.http, state, routes).await
+    serve(
+        "rides",
+        &config.bind,
+        config.http,
+        state,
+        routes::<DbaasClient, UsersApi>,
+    )
+    .await
 }
+
+#[cfg(test)]
+mod tests;

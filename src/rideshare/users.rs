@@ -11,6 +11,7 @@ use serde_json::{json, Value as Json};
 use super::counter::{self, count_requests};
 use super::dbaas_client::{http_client, DbError, DbaasClient, Read, Retry, Write};
 use super::error::ApiError;
+use super::store::Store;
 use super::validate;
 use super::web::{empty, not_found, read_fields, resource, serve};
 
@@ -32,15 +33,15 @@ pub struct Config {
     pub timeout: Duration,
 }
 
-/// What the handlers share.
-pub struct State {
-    pub db: DbaasClient,
+/// What the handlers share: the DBaaS (the client, or a fake in tests).
+pub struct State<D = DbaasClient> {
+    pub db: D,
 }
 
 /// `PUT /api/v1/users` `{"username", "password"}` → 201 `{}`; invalid or
 /// duplicate → 400.
-async fn add(
-    state: web::Data<State>,
+async fn add<D: Store>(
+    state: web::Data<State<D>>,
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -62,7 +63,7 @@ async fn add(
 }
 
 /// `GET /api/v1/users` → 200 `["name", ...]` (sorted), 204 when there are none.
-async fn list(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+async fn list<D: Store>(state: web::Data<State<D>>) -> Result<HttpResponse, ApiError> {
     let rows = state
         .db
         .read(
@@ -84,8 +85,8 @@ async fn list(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
 /// `DELETE /api/v1/users/{username}` → 200 `{}`; unknown → 400. The user's
 /// memberships and the rides they created (with their members) go with them,
 /// in one transaction: all of it is gone, or nothing is.
-async fn remove(
-    state: web::Data<State>,
+async fn remove<D: Store>(
+    state: web::Data<State<D>>,
     username: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let username = username.into_inner();
@@ -110,17 +111,17 @@ async fn remove(
 }
 
 /// `POST /api/v1/db/clear` → 200 `{}`: removes every user.
-async fn clear(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+async fn clear<D: Store>(state: web::Data<State<D>>) -> Result<HttpResponse, ApiError> {
     state.db.clear("users").await?;
     Ok(empty(StatusCode::OK))
 }
 
-/// The users service's routes; needs `web::Data<State>` and `web::Data<Counter>`.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// The users service's routes; needs `web::Data<State<D>>` and `web::Data<Counter>`.
+pub fn routes<D: Store>(cfg: &mut web::ServiceConfig) {
     cfg.service(
         resource(
             "/api/v1/users",
-            vec![web::put().to(add), web::get().to(list)],
+            vec![web::put().to(add::<D>), web::get().to(list::<D>)],
             "GET, PUT",
         )
         .wrap(from_fn(count_requests)),
@@ -128,14 +129,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         resource(
             "/api/v1/users/{username}",
-            vec![web::delete().to(remove)],
+            vec![web::delete().to(remove::<D>)],
             "DELETE",
         )
         .wrap(from_fn(count_requests)),
     )
     .service(resource(
         "/api/v1/db/clear",
-        vec![web::post().to(clear)],
+        vec![web::post().to(clear::<D>)],
         "POST",
     ))
     .configure(counter::routes)
@@ -151,5 +152,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_token(config.dbaas_token.clone()),
     });
     tracing::info!(bind = %config.bind, dbaas = %config.dbaas_url, "users service starting");
-    serve("users", &config.bind, config.http, state, routes).await
+    serve(
+        "users",
+        &config.bind,
+        config.http,
+        state,
+        routes::<DbaasClient>,
+    )
+    .await
 }
+
+#[cfg(test)]
+mod tests;

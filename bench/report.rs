@@ -1,0 +1,170 @@
+//! The reporting half of the `dbaas` bench (`main.rs`): the figures that
+//! `measure.rs` returns, as the markdown tables of bench/results/latest.md
+//! and the entries of latest.json, section by section.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use serde_json::{json, Map, Value};
+
+use crate::measure::{CatchUp, Failover, Run};
+use crate::shared::{machine, narrowed, smoke, write_results};
+
+/// The report being written: markdown, its JSON, and the broker's limit per
+/// concurrency (the HTTP figures are ratios to it).
+pub struct Report {
+    md: String,
+    json: Map<String, Value>,
+    broker: HashMap<usize, f64>,
+}
+
+fn run_json(r: &Run) -> Value {
+    json!({
+        "ok": r.ok, "failed": r.failed, "rps": r.rps(),
+        "p50_ms": r.pct(0.5), "p99_ms": r.pct(0.99), "p999_ms": r.pct(0.999),
+    })
+}
+
+fn min_med_max(mut v: Vec<f64>) -> Value {
+    v.sort_by(|a, b| a.total_cmp(b));
+    json!({"min": v.first(), "median": v.get(v.len() / 2), "max": v.last(), "runs": v.len()})
+}
+
+impl Report {
+    pub fn new() -> Report {
+        let md = format!(
+            "# DBaaS benchmark\n\n{} One run; ratios compare figures of this same run.\n\n",
+            machine()
+        );
+        Report {
+            md,
+            json: Map::new(),
+            broker: HashMap::new(),
+        }
+    }
+
+    fn line(&mut self, text: std::fmt::Arguments) {
+        let _ = self.md.write_fmt(text);
+        self.md.push('\n');
+    }
+
+    pub fn broker(&mut self, runs: &[(usize, Run)]) {
+        self.md
+            .push_str("## Broker RPC limit (lapin, same machine)\n\n");
+        self.md
+            .push_str("| concurrency | req/s | p50 ms | p99 ms | p999 ms |\n");
+        self.md.push_str("|---|---|---|---|---|\n");
+        for (c, r) in runs {
+            let (rps, p50, p99, p999) = (r.rps(), r.pct(0.5), r.pct(0.99), r.pct(0.999));
+            self.line(format_args!(
+                "| {c} | {rps:.0} | {p50:.2} | {p99:.2} | {p999:.2} |"
+            ));
+            self.broker.insert(*c, rps);
+            self.json.insert(format!("broker_c{c}"), run_json(r));
+        }
+    }
+
+    pub fn http(&mut self, runs: &[(&str, usize, Run)]) {
+        self.md
+            .push_str("\n## Through the orchestrator (HTTP → RabbitMQ → worker → HTTP)\n\n");
+        self.md.push_str(
+            "| workload | concurrency | req/s | ratio to broker limit | p50 ms | p99 ms \
+             | p999 ms | failed |\n",
+        );
+        self.md.push_str("|---|---|---|---|---|---|---|---|\n");
+        for (w, c, r) in runs {
+            let ratio = r.rps() / self.broker.get(c).copied().unwrap_or(f64::NAN);
+            let (rps, pct) = (r.rps(), ratio * 100.0);
+            let (p50, p99, p999) = (r.pct(0.5), r.pct(0.99), r.pct(0.999));
+            self.line(format_args!(
+                "| {w} | {c} | {rps:.0} | {pct:.0}% | {p50:.2} | {p99:.2} | {p999:.2} | {} |",
+                r.failed
+            ));
+            let mut j = run_json(r);
+            j["ratio_to_broker"] = json!(ratio);
+            self.json.insert(format!("{w} c{c}"), j);
+        }
+    }
+
+    pub fn memory(&mut self, mem: &[(String, Option<u64>)]) {
+        self.md
+            .push_str("\n## Peak memory (VmHWM) after the load above\n\n");
+        self.md.push_str("| process | peak MiB |\n|---|---|\n");
+        for (name, kib) in mem {
+            let mib = kib.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+            self.line(format_args!("| {name} | {mib} |"));
+        }
+        let by_name: Map<String, Value> = mem.iter().map(|(n, k)| (n.clone(), json!(k))).collect();
+        self.json
+            .insert("peak_memory_kib".into(), Value::Object(by_name));
+    }
+
+    pub fn failover(&mut self, f: &Failover) {
+        let runs = f.by_api.len();
+        self.line(format_args!(
+            "\n## Failover: to the first successful write ({runs} runs)\n"
+        ));
+        self.md
+            .push_str("| cause | min s | median s | max s |\n|---|---|---|---|\n");
+        for (name, v) in [
+            ("crash/master API", &f.by_api),
+            ("SIGKILL of the master", &f.by_kill),
+        ] {
+            let j = min_med_max(v.clone());
+            let at = |k: &str| j[k].as_f64().unwrap_or(0.0);
+            let (min, median, max) = (at("min"), at("median"), at("max"));
+            self.line(format_args!(
+                "| {name} | {min:.3} | {median:.3} | {max:.3} |"
+            ));
+            self.json.insert(format!("failover {name}"), j);
+        }
+    }
+
+    pub fn catch_up(&mut self, joins: &[CatchUp]) {
+        self.md.push_str(
+            "\n## Catch-up: crash/slave until the replacement serves a read of the latest \
+             write\n\n",
+        );
+        self.md
+            .push_str("| rows | history (writes) | mode | seconds |\n|---|---|---|---|\n");
+        for j in joins {
+            let (rows, history, mode, secs) = (j.rows, j.history, j.mode, j.secs);
+            self.line(format_args!("| {rows} | {history} | {mode} | {secs:.2} |"));
+            let key = if j.single_rows {
+                format!("catch-up {rows} single-row writes {mode}")
+            } else {
+                format!("catch-up {rows} rows {mode}")
+            };
+            self.json.insert(key, json!(secs));
+        }
+    }
+
+    pub fn scaling(&mut self, secs: f64) {
+        self.line(format_args!(
+            "\n## Scaling\n\nFrom the decision (45 reads → 3 slaves) to both new slaves \
+             serving reads: {secs:.2} s."
+        ));
+        self.json
+            .insert("scale-out decision to serving".into(), json!(secs));
+    }
+
+    /// Writes bench/results/latest.*, or smoke.* (`BENCH_SMOKE=1`) or
+    /// partial.* (a narrowed run), so that neither overwrites the published
+    /// figures.
+    pub fn write(self) {
+        let knobs = [
+            "BENCH_PARTS",
+            "BENCH_WORKLOADS",
+            "BENCH_CONCURRENCY",
+            "BENCH_LOAD_SECS",
+        ];
+        let name = if smoke() {
+            "smoke"
+        } else if knobs.iter().any(|v| narrowed(v).is_some()) {
+            "partial"
+        } else {
+            "latest"
+        };
+        write_results(name, &self.md, &Value::Object(self.json));
+    }
+}
