@@ -18,17 +18,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::{json, Map, Value as Json};
 
 use super::{Store, UserDirectory};
-use crate::rideshare::dbaas_client::{DbError, Read, Row, StatementOutcome, Write, WriteOutcome};
+use crate::rideshare::dbaas_client::{
+    Constraint, DbError, Read, Row, StatementOutcome, Write, WriteOutcome,
+};
 use crate::rideshare::error::ApiError;
 
 /// The error the DBaaS gives for a duplicate key.
 pub fn unique_violation(columns: &str) -> DbError {
-    DbError::Conflict(format!("UNIQUE constraint failed: {columns}"))
+    DbError::Conflict {
+        constraint: Some(Constraint::Unique),
+        message: format!("UNIQUE constraint failed: {columns}"),
+    }
 }
 
 /// The error the DBaaS gives for a member of a ride that does not exist.
 pub fn foreign_key_violation() -> DbError {
-    DbError::Conflict("FOREIGN KEY constraint failed".into())
+    DbError::Conflict {
+        constraint: Some(Constraint::ForeignKey),
+        message: "FOREIGN KEY constraint failed".into(),
+    }
 }
 
 /// The error of a DBaaS that gave no answer (unreachable, 502-504), once the
@@ -460,7 +468,10 @@ mod tests {
             .expect("member");
         assert!(matches!(
             db.insert("ride_members", member).await,
-            Err(DbError::Conflict(m)) if m.starts_with("UNIQUE")
+            Err(DbError::Conflict {
+                constraint: Some(Constraint::Unique),
+                ..
+            })
         ));
         assert_eq!(
             db.insert("ride_members", json!({"ride_id": 9, "username": "Alice"}))
