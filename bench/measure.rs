@@ -445,22 +445,51 @@ async fn populate(o: &Orchestrator, prefix: &str, rows: usize, single: bool) -> 
 }
 
 /// Time from crashing a slave until its replacement serves a read at `seq`.
-async fn join_time(o: &Orchestrator, seq: u64, rows: usize) -> f64 {
-    let old = slave_pids(&o.status().await);
+/// Seconds from crash/slave until the replacement, started with an empty
+/// copy, serves the latest write; `how` is how it must have caught up
+/// (`snapshot` or `log`), checked so the figure is what it says.
+async fn join_time(o: &Orchestrator, seq: u64, rows: usize, how: &str) -> f64 {
+    let status = o.status().await;
+    let old = slave_pids(&status);
+    // A replacement would resume the killed slave's copy from its slot (no
+    // catch-up at all): unlink that copy first, so the replacement joins
+    // empty, by snapshot or by replay (the running slave keeps its open file).
+    let slot = status["workers"]
+        .as_array()
+        .and_then(|ws| {
+            ws.iter()
+                .find(|w| w["pid"].as_u64() == old.iter().max().copied())
+        })
+        .and_then(|w| w["slot"].as_u64())
+        .expect("the slave's slot");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(o.data.join(format!("slot-{slot}.sqlite{suffix}")));
+    }
     let started = Instant::now();
     let (status, _) = o.post_json("/api/v1/crash/slave", &Value::Null).await;
     assert_eq!(status, 200);
     let read = json!({"table": "users", "count": true, "min_seq": seq});
-    wait_until("new slave serving", Duration::from_secs(600), || async {
+    let new = wait_until("new slave serving", Duration::from_secs(600), || async {
         let s = o.status().await;
         let new = slave_pids(&s).into_iter().find(|p| !old.contains(p))?;
         let (st, body) = o.read(read.clone()).await;
         let all = body["rows"][0]["count"].as_u64() >= Some(rows as u64);
-        (st == 200 && body["worker"].as_u64() == Some(new) && all).then_some(())
+        (st == 200 && body["worker"].as_u64() == Some(new) && all).then_some(new)
     })
     .await
     .expect("new slave served");
-    started.elapsed().as_secs_f64()
+    let secs = started.elapsed().as_secs_f64();
+    let status = o.status().await;
+    let start = status["workers"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|w| w["pid"].as_u64() == Some(new)))
+        .map(|w| w["start"].clone());
+    assert_eq!(
+        start,
+        Some(json!(how)),
+        "the replacement caught up another way"
+    );
+    secs
 }
 
 /// A history of single-row writes joined by snapshot and by replay, then
@@ -475,7 +504,8 @@ pub async fn catch_up(sz: &Sizes) -> Vec<CatchUp> {
         let o = Orchestrator::start(&format!("bench-catchup-{mode}"), opts).await;
         // Single-row history: here replay pays for every write ever made.
         let seq = populate(&o, "h", sz.replay_rows, true).await;
-        let secs = join_time(&o, seq, sz.replay_rows).await;
+        let how = if mode == "replay" { "log" } else { "snapshot" };
+        let secs = join_time(&o, seq, sz.replay_rows, how).await;
         joins.push(CatchUp {
             rows: sz.replay_rows,
             history: sz.replay_rows as u64,
@@ -489,7 +519,7 @@ pub async fn catch_up(sz: &Sizes) -> Vec<CatchUp> {
     for &rows in &sz.catch_up_rows {
         let history = populate(&o, &format!("s{rows}-"), rows - have, false).await;
         have = rows;
-        let secs = join_time(&o, history, rows).await;
+        let secs = join_time(&o, history, rows, "snapshot").await;
         joins.push(CatchUp {
             rows,
             history,

@@ -112,6 +112,8 @@ pub struct Orchestrator {
     pub url: String,
     pub ns: Namespace,
     pub dir: tempfile::TempDir,
+    /// The workers' data directory (their slots' SQLite files).
+    pub data: PathBuf,
     pub http: reqwest::Client,
 }
 
@@ -158,7 +160,7 @@ impl Orchestrator {
                 opts.scale_interval_secs.to_string(),
             )
             .env("DBAAS_WORKER_BIN", bin("worker"))
-            .env("DBAAS_DATA_DIR", data)
+            .env("DBAAS_DATA_DIR", &data)
             .env("DBAAS_WORKER_LOG_DIR", dir.path().join("logs"))
             .env("RUST_LOG", "info,lapin=warn")
             .envs(opts.extra_env.iter().map(|(k, v)| (k, v)))
@@ -171,6 +173,7 @@ impl Orchestrator {
             url: format!("http://127.0.0.1:{port}"),
             ns,
             dir,
+            data,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 // Below the server's keep-alive (5 s): never reuse a
