@@ -12,7 +12,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::actors::dispatcher::{AmqpPublisher, Dispatcher, SetPublisher};
 use crate::actors::election::{self, Election};
@@ -151,24 +151,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .start();
 
+    // The long-lived tasks, each meant to run as long as the process: owned
+    // here, so one that ends anyway (a panic) is reported and stops the
+    // orchestrator rather than leaving it half alive (see `run_until`).
+    let mut background: Vec<(&'static str, tokio::task::JoinHandle<()>)> = Vec::new();
     let sup = supervisor.clone();
-    actix::spawn(async move {
-        while let Some(pid) = exits.recv().await {
-            sup.do_send(WorkerExited(pid));
-        }
-    });
-    actix::spawn(election::watch(
-        zk.clone(),
-        vec![election.clone().recipient(), supervisor.clone().recipient()],
-        Duration::from_millis(500),
+    background.push((
+        "worker exit forwarder",
+        actix::spawn(async move {
+            while let Some(pid) = exits.recv().await {
+                sup.do_send(WorkerExited(pid));
+            }
+        }),
+    ));
+    background.push((
+        "membership watch",
+        actix::spawn(election::watch(
+            zk.clone(),
+            vec![election.clone().recipient(), supervisor.clone().recipient()],
+            Duration::from_millis(500),
+        )),
     ));
     let (dead_tx, dead_writes) = tokio::sync::watch::channel(None);
-    actix::spawn(broker_session(
-        tasks.clone(),
-        config.amqp_url.clone(),
-        dispatcher.clone(),
-        waiter.clone(),
-        dead_tx,
+    background.push((
+        "broker session",
+        actix::spawn(broker_session(
+            tasks.clone(),
+            config.amqp_url.clone(),
+            dispatcher.clone(),
+            waiter.clone(),
+            dead_tx,
+        )),
     ));
 
     let rpc = web::Data::new(Rpc::new(
@@ -210,9 +223,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .run();
     let handle = server.handle();
     info!(bind = %config.bind, "orchestrator serving HTTP");
-    let served = actix::spawn(server);
+    let mut served = actix::spawn(server);
 
-    crate::shutdown::signal().await;
+    let ended = tokio::select! {
+        _ = crate::shutdown::signal() => None,
+        served = &mut served => Some(match served {
+            Ok(Ok(())) => "the HTTP server stopped".to_string(),
+            Ok(Err(e)) => format!("the HTTP server failed: {e}"),
+            Err(e) => format!("the HTTP server failed: {e}"),
+        }),
+        (result, index, _) = futures_util::future::select_all(background.iter_mut().map(|(_, h)| h)) => {
+            let name = background[index].0;
+            Some(match result {
+                Ok(()) => format!("the {name} task ended"),
+                Err(e) => format!("the {name} task failed: {e}"),
+            })
+        }
+    };
+    if let Some(why) = ended {
+        // Crash-only: the workers keep running and the restarted
+        // orchestrator adopts them (its supervisor: compose's restart policy,
+        // or whoever started it).
+        error!(reason = %why, "stopping: a task of the orchestrator ended");
+        handle.stop(false).await;
+        return Err(anyhow::anyhow!("{why}"));
+    }
     info!("shutting down: HTTP first, then workers");
     handle.stop(true).await;
     let _ = served.await;
