@@ -8,11 +8,11 @@ pub mod db;
 pub mod error;
 pub mod health;
 pub mod observe;
+pub mod resource;
 pub mod workers;
 
 use actix::{Addr, Recipient};
-use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpResponse, Route};
+use actix_web::{web, Route};
 
 use crate::actors::dispatcher::Probe;
 use crate::actors::election::Election;
@@ -20,7 +20,6 @@ use crate::actors::rpc::Rpc;
 use crate::actors::scaler::Scaler;
 use crate::actors::supervisor::ContainerSupervisor;
 use crate::coord::session::Session;
-use error::ApiError;
 
 /// What the handlers other than `db/*` reach: the actors they ask about the
 /// cluster. (`db/*` reach the DBaaS only through the RPC boundary,
@@ -43,13 +42,7 @@ pub struct AppState {
 
 /// A resource that serves `method` and answers 405 to everything else.
 fn only(path: &str, method: Route, allow: &'static str) -> actix_web::Resource {
-    web::resource(path)
-        .route(method)
-        .default_service(web::to(move || async move {
-            HttpResponse::MethodNotAllowed()
-                .insert_header((header::ALLOW, allow))
-                .json(serde_json::json!({ "error": format!("method not allowed; use {allow}") }))
-        }))
+    resource::resource(path, vec![method], allow)
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -97,7 +90,5 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(only("/api/v1/ready", web::get().to(health::ready), "GET"))
     .service(only("/metrics", web::get().to(observe::metrics), "GET"))
     .service(only("/", web::get().to(observe::status_page), "GET"))
-    .default_service(web::to(|| async {
-        Err::<HttpResponse, _>(ApiError::new(StatusCode::NOT_FOUND, "no such route"))
-    }));
+    .default_service(web::to(resource::not_found));
 }

@@ -2,8 +2,7 @@
 //! form-encoded) into [`Fields`] with a size limit, resources that answer 405
 //! to other methods, and the JSON 404 for unknown paths.
 
-use actix_web::http::header;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, Route};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde_json::Value as Json;
 
 use super::error::ApiError;
@@ -69,25 +68,7 @@ pub fn empty(status: actix_web::http::StatusCode) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({}))
 }
 
-/// A JSON 405 naming the allowed methods.
-pub fn method_not_allowed(allow: &'static str) -> HttpResponse {
-    HttpResponse::MethodNotAllowed()
-        .insert_header((header::ALLOW, allow))
-        .json(serde_json::json!({ "error": format!("method not allowed; use {allow}") }))
-}
-
-/// A resource serving `routes` (method, route) and answering 405 to the rest.
-pub fn resource(path: &str, routes: Vec<Route>, allow: &'static str) -> actix_web::Resource {
-    routes
-        .into_iter()
-        .fold(web::resource(path), |r, route| r.route(route))
-        .default_service(web::to(move || async move { method_not_allowed(allow) }))
-}
-
-/// The JSON 404 for paths no route matches.
-pub async fn not_found() -> HttpResponse {
-    HttpResponse::NotFound().json(serde_json::json!({ "error": "no such route" }))
-}
+pub use crate::http::resource::{method_not_allowed, not_found, resource};
 
 /// Serves a RideShare service until SIGINT/SIGTERM: its state, a fresh
 /// `_count` counter, request logging and its routes, within `limits`.
