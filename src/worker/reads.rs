@@ -187,3 +187,74 @@ async fn answer(state: &WorkerState, message: ReadMessage, read_wait: Duration) 
     });
     Reply::from_read(outcome)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::fence::{Authority, Deposed};
+    use futures_util::future::BoxFuture;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Term {
+        deposed: Arc<AtomicBool>,
+    }
+
+    impl Authority for Term {
+        fn still_master(&self) -> BoxFuture<'_, Result<(), Deposed>> {
+            let deposed = self.deposed.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if deposed {
+                    Err("another master".into())
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    fn gate(acked: u64) -> (MasterGate, watch::Sender<u64>, Term) {
+        let (tx, rx) = watch::channel(acked);
+        let term = Term::default();
+        let gate = MasterGate {
+            fence: Fence::start(term.clone()),
+            acked: rx,
+        };
+        (gate, tx, term)
+    }
+
+    #[tokio::test]
+    async fn a_strong_read_waits_until_every_write_it_saw_is_acknowledged() {
+        let (gate, acked, _) = gate(4);
+        let vouching = tokio::spawn(async move { gate.vouch(6, Duration::from_secs(5)).await });
+        acked.send_replace(5);
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !vouching.is_finished(),
+            "vouched for seq 6 with 5 acknowledged"
+        );
+        acked.send_replace(6);
+        assert_eq!(vouching.await.ok(), Some(Ok(())));
+    }
+
+    #[tokio::test]
+    async fn a_read_of_unacknowledged_state_is_not_answered() {
+        let (gate, _acked, _) = gate(4);
+        let verdict = gate.vouch(6, Duration::from_millis(50)).await;
+        assert!(verdict.is_err_and(|e| e.contains("not acknowledged")));
+    }
+
+    #[tokio::test]
+    async fn a_deposed_master_answers_no_read() {
+        let (gate, _acked, term) = gate(9);
+        assert_eq!(gate.vouch(9, Duration::from_secs(1)).await, Ok(()));
+        term.deposed.store(true, Ordering::SeqCst);
+        assert_eq!(
+            gate.vouch(9, Duration::from_secs(1)).await,
+            Err("another master".to_string())
+        );
+    }
+}
