@@ -348,6 +348,7 @@ pub fn worker_env(config: &Config) -> Vec<(String, String)> {
             "DBAAS_ZK_SESSION_TIMEOUT_MS".to_string(),
             config.zk_session_timeout.as_millis().to_string(),
         ),
+        ("DBAAS_REPLICAS".to_string(), broker::replicas().to_string()),
     ];
     if let Some(auth) = coord::auth() {
         env.push(("DBAAS_ZK_AUTH".to_string(), auth.expose().to_string()));
