@@ -16,7 +16,6 @@
 //! comma-separated) and `DBAAS_TEST_CLUSTER_ZK` set.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,11 +34,13 @@ fn var(k: &str) -> String {
         .unwrap_or_else(|_| panic!("{k} is not set: run this test through scripts/test"))
 }
 
-/// Runs `scripts/cluster ARGS` (the fault commands); its stdout.
-fn cluster(args: &[&str]) -> String {
-    let out = Command::new(var("DBAAS_TEST_CLUSTER"))
+/// Runs `scripts/cluster ARGS` (the fault commands) without blocking the
+/// writers' runtime; its stdout.
+async fn cluster(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(var("DBAAS_TEST_CLUSTER"))
         .args(args)
         .output()
+        .await
         .expect("run scripts/cluster");
     assert!(
         out.status.success(),
@@ -47,6 +48,16 @@ fn cluster(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `scripts/cluster ARGS`' stdout, or None if it failed.
+async fn try_cluster(args: &[&str]) -> Option<Vec<u8>> {
+    let out = tokio::process::Command::new(var("DBAAS_TEST_CLUSTER"))
+        .args(args)
+        .output()
+        .await
+        .ok()?;
+    out.status.success().then_some(out.stdout)
 }
 
 /// A vhost (on the cluster, so on every node) and a ZooKeeper chroot of the test's own.
@@ -57,7 +68,7 @@ async fn namespace() -> Namespace {
     );
     let bases = var("DBAAS_TEST_CLUSTER_AMQP");
     let zk = var("DBAAS_TEST_CLUSTER_ZK");
-    cluster(&["ctl", "add_vhost", &name]);
+    cluster(&["ctl", "add_vhost", &name]).await;
     let user = crate::common::amqp_user(&bases);
     cluster(&[
         "ctl",
@@ -68,7 +79,8 @@ async fn namespace() -> Namespace {
         ".*",
         ".*",
         ".*",
-    ]);
+    ])
+    .await;
     let client = zookeeper_client::Client::connect(&zk)
         .await
         .expect("connect ZooKeeper");
@@ -132,12 +144,20 @@ async fn write_until_acked(o: &Orchestrator, name: &str, history: &Mutex<History
     false
 }
 
-/// The longest time without an acknowledged write that overlaps `[from, to]`.
-fn longest_gap(acks: &[Instant], from: Instant, to: Instant) -> Duration {
+/// The longest time without an acknowledged write that overlaps `[from, to]`,
+/// and when it began (relative to `from`; negative: before).
+fn longest_gap(acks: &[Instant], from: Instant, to: Instant) -> (Duration, f64) {
     acks.windows(2)
         .filter(|w| w[1] > from && w[0] < to)
-        .map(|w| w[1] - w[0])
-        .max()
+        .map(|w| {
+            let start = if w[0] >= from {
+                (w[0] - from).as_secs_f64()
+            } else {
+                -(from - w[0]).as_secs_f64()
+            };
+            (w[1] - w[0], start)
+        })
+        .max_by_key(|(gap, _)| *gap)
         .unwrap_or_default()
 }
 
@@ -147,13 +167,12 @@ async fn rabbit_whole() {
         "RabbitMQ cluster whole",
         Duration::from_secs(120),
         || async {
-            let out = Command::new(var("DBAAS_TEST_CLUSTER"))
-                .args(["ctl", "cluster_status", "--formatter", "json"])
-                .output()
-                .ok()?;
-            let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let out = try_cluster(&["ctl", "cluster_status", "--formatter", "json"]).await?;
+            let s: serde_json::Value = serde_json::from_slice(&out).ok()?;
+            let partitions = &s["partitions"];
             (s["running_nodes"].as_array()?.len() == 3
-                && s["partitions"].as_object().is_none_or(|p| p.is_empty()))
+                && partitions.as_object().is_none_or(|p| p.is_empty())
+                && partitions.as_array().is_none_or(|p| p.is_empty()))
             .then_some(())
         },
     )
@@ -161,17 +180,14 @@ async fn rabbit_whole() {
     .expect("the RabbitMQ cluster became whole again");
 }
 
-/// Waits until three ZooKeeper servers serve (one leader).
+/// Waits until three ZooKeeper servers serve (one leader, two followers).
 async fn zk_whole() {
     wait_until(
         "ZooKeeper ensemble whole",
         Duration::from_secs(90),
         || async {
-            let status = Command::new(var("DBAAS_TEST_CLUSTER"))
-                .arg("status")
-                .output()
-                .ok()?;
-            let text = String::from_utf8_lossy(&status.stdout).to_string();
+            let modes = try_cluster(&["zk-modes"]).await?;
+            let text = String::from_utf8_lossy(&modes).to_string();
             (text.matches("Mode: leader").count() == 1
                 && text.matches("Mode: follower").count() == 2)
                 .then_some(())
@@ -181,7 +197,26 @@ async fn zk_whole() {
     .expect("the ZooKeeper ensemble became whole again");
 }
 
-#[tokio::test]
+/// Copies the orchestrator's and workers' logs to `DBAAS_TEST_CLUSTER_LOGS`,
+/// when set, for a look at each failover afterwards.
+fn keep_logs(o: &Orchestrator) {
+    let Ok(to) = std::env::var("DBAAS_TEST_CLUSTER_LOGS") else {
+        return;
+    };
+    let to = std::path::PathBuf::from(to);
+    let _ = std::fs::create_dir_all(&to);
+    let _ = std::fs::copy(
+        o.dir.path().join("orchestrator.log"),
+        to.join("orchestrator.log"),
+    );
+    if let Ok(entries) = std::fs::read_dir(o.dir.path().join("logs")) {
+        for e in entries.flatten() {
+            let _ = std::fs::copy(e.path(), to.join(e.file_name()));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs scripts/cluster's network namespaces: run by scripts/test"]
 async fn writes_survive_node_loss_leader_loss_and_a_partition_exactly_once() {
     let o = Arc::new(
@@ -230,6 +265,7 @@ async fn writes_survive_node_loss_leader_loss_and_a_partition_exactly_once() {
         let (o, running) = (o.clone(), running.clone());
         tokio::spawn(async move {
             let (mut samples, mut most) = (0usize, 0usize);
+            let mut masters_seen: Vec<(Instant, u64)> = Vec::new();
             while running.load(Ordering::SeqCst) {
                 let (code, s) = o.get_json("/api/v1/worker/status").await;
                 if code == 200 {
@@ -239,55 +275,80 @@ async fn writes_survive_node_loss_leader_loss_and_a_partition_exactly_once() {
                         .unwrap_or(0);
                     most = most.max(masters);
                     samples += 1;
+                    if let Some(m) = s["master"].as_u64() {
+                        if masters_seen.last().is_none_or(|(_, last)| *last != m) {
+                            masters_seen.push((Instant::now(), m));
+                        }
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            (samples, most)
+            (samples, most, masters_seen)
         })
     };
 
-    let mut faults: Vec<(&str, Instant, Instant)> = Vec::new();
+    // (fault, when it began, when it was undone, when the cluster was whole again)
+    let mut faults: Vec<(&str, Instant, Instant, Instant)> = Vec::new();
+    let wall = |what: &str| {
+        eprintln!(
+            "cluster nemesis: {} {what}",
+            chrono::Utc::now().format("%H:%M:%S%.3f")
+        )
+    };
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // 1. kill -9 a RabbitMQ node: h1, the first address every process tries.
     let t0 = Instant::now();
-    cluster(&["kill-rabbit", "1"]);
+    cluster(&["kill-rabbit", "1"]).await;
+    wall("killed RabbitMQ h1");
     tokio::time::sleep(Duration::from_secs(8)).await;
-    cluster(&["start-rabbit", "1"]);
+    let undone = Instant::now();
+    cluster(&["start-rabbit", "1"]).await;
     rabbit_whole().await;
+    wall("RabbitMQ whole again");
     faults.push((
-        "RabbitMQ node killed (kill -9) and restarted",
+        "RabbitMQ node h1 killed (kill -9)",
         t0,
+        undone,
         Instant::now(),
     ));
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // 2. kill -9 the ZooKeeper leader.
-    let leader = cluster(&["zk-leader"]);
+    let leader = cluster(&["zk-leader"]).await;
     let t0 = Instant::now();
-    cluster(&["kill-zk", &leader]);
+    cluster(&["kill-zk", &leader]).await;
+    wall(&format!("killed the ZooKeeper leader h{leader}"));
     tokio::time::sleep(Duration::from_secs(8)).await;
-    cluster(&["start-zk", &leader]);
+    let undone = Instant::now();
+    cluster(&["start-zk", &leader]).await;
     zk_whole().await;
+    wall("ZooKeeper whole again");
     faults.push((
-        "ZooKeeper leader killed (kill -9) and restarted",
+        "ZooKeeper leader killed (kill -9)",
         t0,
+        undone,
         Instant::now(),
     ));
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // 3. Cut off the host of the ZooKeeper leader from its peers for longer
     // than the session timeout and RabbitMQ's net_ticktime, then heal.
-    let host = cluster(&["zk-leader"]);
+    let host = cluster(&["zk-leader"]).await;
     let t0 = Instant::now();
-    cluster(&["partition", &host]);
+    cluster(&["partition", &host]).await;
+    wall(&format!("cut off h{host}"));
     tokio::time::sleep(Duration::from_secs(15)).await;
-    cluster(&["heal", &host]);
+    let undone = Instant::now();
+    cluster(&["heal", &host]).await;
+    wall(&format!("healed h{host}"));
     rabbit_whole().await;
     zk_whole().await;
+    wall("both whole again");
     faults.push((
-        "one host partitioned from both peers for 15 s, then healed",
+        "host of the ZooKeeper leader cut off from its peers for 15 s",
         t0,
+        undone,
         Instant::now(),
     ));
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -297,7 +358,7 @@ async fn writes_survive_node_loss_leader_loss_and_a_partition_exactly_once() {
     for w in writers {
         acked.extend(w.await.expect("writer"));
     }
-    let (samples, most) = sampler.await.expect("sampler");
+    let (samples, most, masters_seen) = sampler.await.expect("sampler");
     assert!(samples > 50, "only {samples} status samples");
     assert!(most <= 1, "{most} masters at one sample");
 
@@ -318,12 +379,24 @@ async fn writes_survive_node_loss_leader_loss_and_a_partition_exactly_once() {
         history.failed_attempts
     );
     let mut worst = Duration::ZERO;
-    for (fault, from, to) in &faults {
-        let gap = longest_gap(&times, *from, *to);
-        eprintln!("cluster nemesis: {fault}: longest time without an acknowledged write {gap:?} (fault lasted {:?})", *to - *from);
-        worst = worst.max(gap);
+    for (fault, from, undone, whole) in &faults {
+        let (during, at) = longest_gap(&times, *from, *undone);
+        let (after, at_after) = longest_gap(&times, *undone, *whole);
+        eprintln!(
+            "cluster nemesis: {fault}: longest time without an acknowledged write {during:.2?} (from {at:+.2} s) while in effect ({:.1?}); {after:.2?} (from {at_after:+.2} s after it was undone) while the node rejoined ({:.1?})",
+            *undone - *from,
+            *whole - *undone
+        );
+        let failovers = masters_seen
+            .iter()
+            .skip(1)
+            .filter(|(t, _)| t > from && t <= whole)
+            .count();
+        eprintln!("cluster nemesis: {fault}: {failovers} change(s) of master");
+        worst = worst.max(during).max(after);
     }
     every_replica_holds_exactly(&o, &acked, 2).await;
+    keep_logs(&o);
     // Bounded, with room for a loaded CI machine; the figures are the report.
     assert!(worst < Duration::from_secs(30), "unavailable for {worst:?}");
 }

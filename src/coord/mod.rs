@@ -249,6 +249,37 @@ async fn restrict_open_nodes(client: &zk::Client) -> anyhow::Result<()> {
 }
 
 /// Reads the master znode, if there is a master.
+/// Whether `e` says nothing about the data, only that the connection to the
+/// server went (or did not answer in time): in an ensemble the session moves
+/// to another server and the same request may be asked again there.
+pub fn is_transient(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::Custom(_)
+    )
+}
+
+/// Waits until `client`'s session is connected again (it moves to another
+/// server of the ensemble by itself), for at most its session timeout; an
+/// error if the session ended for good or did not come back in that time.
+pub async fn reconnected(client: &zk::Client) -> Result<(), zk::Error> {
+    let deadline = tokio::time::Instant::now() + client.session_timeout();
+    loop {
+        let mut states = client.state_watcher();
+        match client.state() {
+            zk::SessionState::SyncConnected => return Ok(()),
+            s if s.is_terminated() => return Err(zk::Error::SessionExpired),
+            _ => {}
+        }
+        if tokio::time::timeout_at(deadline, states.changed())
+            .await
+            .is_err()
+        {
+            return Err(zk::Error::Timeout);
+        }
+    }
+}
+
 pub async fn master(client: &zk::Client) -> Result<Option<MasterInfo>, zk::Error> {
     match client.get_data(MASTER).await {
         Ok((data, _)) => Ok(serde_json::from_slice(&data).ok()),
