@@ -10,6 +10,8 @@
 #                              it exists only on the bridge and in the namespaces
 #   CLUSTER_SIZE   (3)
 #   CLUSTER_DIR    ($ROOT/.run/cluster)  data, logs, pids, secrets
+#   CLUSTER_NET_TICKTIME (10)  seconds: how soon RabbitMQ notices a cut-off
+#                              node (it then pauses: pause_minority)
 #
 # Inside each namespace the host is named h<i> (`unshare --uts`), which is
 # what the Erlang node names use (rabbit@h<i>); /etc/netns/<ns>/hosts names
@@ -22,6 +24,7 @@ CLUSTER_NAME=${CLUSTER_NAME:-dbaas}
 CLUSTER_SUBNET=${CLUSTER_SUBNET:-10.77.0}
 CLUSTER_SIZE=${CLUSTER_SIZE:-3}
 CLUSTER_DIR=${CLUSTER_DIR:-$ROOT/.run/cluster}
+CLUSTER_NET_TICKTIME=${CLUSTER_NET_TICKTIME:-10}
 CLUSTER_BRIDGE=${CLUSTER_NAME}br0
 CLUSTER_FWD_TAG="dbaas-cluster $CLUSTER_NAME"
 CLUSTER_SECRETS=$CLUSTER_DIR/secrets
@@ -150,8 +153,8 @@ rabbit_config() {
       for i in $(cluster_hosts); do echo "cluster_formation.classic_config.nodes.$i = rabbit@h$i"; done
       echo "cluster_partition_handling = pause_minority"
     } > "$RABBIT_HOME/rabbitmq.conf"
-    # A cut-off node is noticed after about 10 s rather than 60 (net_ticktime).
-    echo "[{kernel,[{net_ticktime,10}]}]." > "$RABBIT_HOME/advanced.config"
+    # A cut-off node is noticed after about net_ticktime (10 s) rather than 60.
+    echo "[{kernel,[{net_ticktime,$CLUSTER_NET_TICKTIME}]}]." > "$RABBIT_HOME/advanced.config"
     : > "$RABBIT_HOME/rabbitmq-env.conf"
     echo "[]." > "$RABBIT_HOME/enabled_plugins"
   )

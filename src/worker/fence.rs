@@ -64,9 +64,11 @@ impl Authority for ZkAuthority {
             loop {
                 match self.confirm().await {
                     Ok(verdict) => return verdict,
-                    Err(e) if tokio::time::Instant::now() >= deadline => return Err(format!(
+                    Err(e) if tokio::time::Instant::now() >= deadline => {
+                        return Err(format!(
                         "cannot confirm leadership with ZooKeeper within the session timeout ({e})"
-                    )),
+                    ))
+                    }
                     Err(e) => {
                         info!(error = %e, "fencing check waits for the ZooKeeper session to reconnect");
                         if let Err(e) = coord::reconnected(&self.zk).await {
