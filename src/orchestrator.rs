@@ -269,9 +269,11 @@ async fn serve_broker(
     dead: &tokio::sync::watch::Sender<Option<u32>>,
     round: &crate::tasks::Round,
 ) -> anyhow::Result<String> {
+    let refused = Arc::new(tokio::sync::Notify::new());
     let publisher = AmqpPublisher {
         reads: conn.create_channel().await?,
         writes: broker::confirmed_channel(conn).await?,
+        refused: refused.clone(),
     };
     let channel = conn.create_channel().await?;
     let consumer = channel
@@ -292,6 +294,8 @@ async fn serve_broker(
     Ok(tokio::select! {
         why = feed_replies(consumer, waiter) => why,
         why = broker::link::broken(conn) => why,
+        why = broker::link::cut_off(conn) => why,
+        _ = refused.notified() => "the broker kept refusing writes on this channel: starting again on new channels".to_string(),
         why = count_dead_writes(&counting, dead) => why,
     })
 }

@@ -136,6 +136,12 @@ pub async fn open(url: &str, name: &str, patience: Duration) -> anyhow::Result<C
 /// Which of the addresses worked last: the next attempt starts there.
 static LAST_GOOD: AtomicUsize = AtomicUsize::new(0);
 
+/// Makes the next connection attempt of this process start at the address
+/// after the one that worked last (that node was found cut off).
+pub fn avoid_current() {
+    LAST_GOOD.fetch_add(1, Ordering::Relaxed);
+}
+
 /// How long one address may take to accept a connection.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
 
@@ -380,7 +386,7 @@ pub async fn declare_sync_stream(conn: &Connection) -> lapin::Result<()> {
 
 /// Whether `e` is the broker's 406 PRECONDITION_FAILED (a queue redeclared
 /// with other arguments; it also closed the channel).
-fn is_precondition_failed(e: &lapin::Error) -> bool {
+pub(crate) fn is_precondition_failed(e: &lapin::Error) -> bool {
     matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }
 
@@ -459,7 +465,34 @@ pub async fn publish_confirmed(
     properties: lapin::BasicProperties,
     patience: Duration,
 ) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + patience;
+    publish_confirmed_within(channel, queue, body, properties, patience, patience).await
+}
+
+/// The broker kept refusing a publish (`basic.nack`) for longer than the
+/// caller allows on one channel.
+#[derive(Debug, thiserror::Error)]
+#[error("broker refused publish to {queue} {nacks} time(s)")]
+pub struct Refused {
+    pub queue: String,
+    pub nacks: u32,
+}
+
+/// [`publish_confirmed`], but nacks are retried on this channel only for
+/// `nack_patience`; then the error is [`Refused`]. A channel opened while a
+/// quorum queue's leader was being replaced can go on refusing after the new
+/// leader is elected (RabbitMQ 3.10: seen for 10 s, until the old leader's
+/// node came back); a new channel finds the new leader.
+pub async fn publish_confirmed_within(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+    patience: Duration,
+    nack_patience: Duration,
+) -> anyhow::Result<()> {
+    let start = tokio::time::Instant::now();
+    let deadline = start + patience;
+    let nack_deadline = start + nack_patience;
     let properties = properties.with_delivery_mode(2);
     let mut backoff = Duration::from_millis(50);
     let mut nacks = 0u32;
@@ -493,10 +526,13 @@ pub async fn publish_confirmed(
             }
         };
         nacks += 1;
-        if tokio::time::Instant::now() + backoff >= deadline {
-            return Err(anyhow::anyhow!(
-                "broker refused publish to {queue} {nacks} time(s) within {patience:?}: {refused}"
-            ));
+        if tokio::time::Instant::now() + backoff >= deadline.min(nack_deadline) {
+            warn!(queue, nacks, last = %refused, "broker keeps refusing a publish");
+            return Err(Refused {
+                queue: queue.to_string(),
+                nacks,
+            }
+            .into());
         }
         warn!(
             queue,

@@ -136,6 +136,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 anyhow::anyhow!("sync stopped: {stop}")
             }
             lost = election::session_lost(&zk) => break Err(anyhow::anyhow!("ZooKeeper session ended: {lost:?}")),
+            // Its RabbitMQ node was cut off from the cluster (and closed):
+            // a slave reconnects to another node, a master ends.
+            why = broker::link::cut_off(&conn) => anyhow::anyhow!("{why}"),
             served = serve(&conn, &zk, state.clone(), &config, &slot) => match served {
                 Ok(()) => break Ok(()),
                 Err(e) => e,
