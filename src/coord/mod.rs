@@ -329,3 +329,18 @@ pub async fn forget_dead_worker(client: &zk::Client, pid: u32) -> Result<(), zk:
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_lost_connection_is_asked_again_an_answer_or_a_lost_session_is_not() {
+        assert!(is_transient(&zk::Error::ConnectionLoss));
+        assert!(is_transient(&zk::Error::Timeout));
+        assert!(!is_transient(&zk::Error::NoNode));
+        assert!(!is_transient(&zk::Error::NoAuth));
+        assert!(!is_transient(&zk::Error::SessionExpired));
+        assert!(!is_transient(&zk::Error::BadVersion));
+    }
+}
