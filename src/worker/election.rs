@@ -8,8 +8,8 @@ use tracing::{info, warn};
 use zookeeper_client as zk;
 
 use super::WorkerState;
-use crate::coord::election::{decide, Decision};
-use crate::coord::{self, MasterInfo, WorkerInfo, EPOCH, MASTER, WORKERS};
+use crate::coord::election::{contenders, decide, Decision};
+use crate::coord::{self, MasterInfo, Role, WorkerInfo, EPOCH, MASTER, WORKERS};
 
 /// Creates this worker's ephemeral znode.
 pub async fn register(client: &zk::Client, state: &WorkerState) -> anyhow::Result<()> {
@@ -89,12 +89,19 @@ pub async fn win(client: &zk::Client, state: &WorkerState) -> anyhow::Result<u64
 /// epoch won, or None to look again.
 async fn step(client: &zk::Client, state: &WorkerState) -> anyhow::Result<Option<u64>> {
     let master = coord::master(client).await?;
-    let live: Vec<u32> = client
+    let registered: Vec<u32> = client
         .list_children(WORKERS)
         .await?
         .iter()
         .filter_map(|c| c.parse().ok())
         .collect();
+    let joining: Vec<u32> = coord::workers(client)
+        .await?
+        .iter()
+        .filter(|w| w.role == Role::Joining)
+        .map(|w| w.pid)
+        .collect();
+    let live = contenders(&registered, &joining, state.pid);
     match decide(state.pid, master.map(|m| m.pid), &live) {
         Decision::Lead => {
             // Only after a restart of the election loop with our own znode in place.
