@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -134,37 +134,117 @@ where
 
 // ---------------------------------------------------------- 1. broker limit
 
-/// The broker's own RPC limit at each concurrency, with the payload sizes of
-/// a real point read and its reply.
-pub async fn broker(sz: &Sizes) -> Vec<(usize, Run)> {
+/// The broker's own limits at each concurrency (issue 17's yardsticks), with
+/// the payload sizes of a real point read, its reply and a ride insert.
+pub async fn broker(sz: &Sizes) -> Vec<(usize, Ceilings)> {
     let read = json!({"request": {"table": "users", "where": {"username": {"=": "u0000042"}}}});
     let reply = json!({"read": {
         "rows": [{"username": "u0000042", "password": "p"}], "seq": 1000, "worker": 12345,
     }});
-    let (request, reply) = (
+    let write = json!({"write_id": "0f8fad5b-d9cb-469f-a165-70867728950e", "request": {
+        "table": "rides", "insert": {"created_by": "u0000042", "source": 1, "destination": 2,
+        "timestamp": "2026-11-26 10:00:00"}}});
+    let (request, reply, write) = (
         read.to_string().into_bytes(),
         reply.to_string().into_bytes(),
+        write.to_string().into_bytes(),
     );
     let mut runs = Vec::new();
     for &c in &sz.concurrency {
+        let rpc = |server| Rpc {
+            server,
+            request: request.clone(),
+            reply: reply.clone(),
+        };
+        let one_at_a_time = broker_limit(c, sz.load_secs, rpc(Server::OneAtATime)).await;
+        let rpc_ceiling = broker_limit(c, sz.load_secs, rpc(Server::Concurrent)).await;
+        let write_floor = broker_limit(
+            c,
+            sz.load_secs,
+            Rpc {
+                server: Server::ReplicatedWrite,
+                request: write.clone(),
+                reply: reply.clone(),
+            },
+        )
+        .await;
         runs.push((
             c,
-            broker_limit(c, sz.load_secs, request.clone(), reply.clone()).await,
+            Ceilings {
+                one_at_a_time,
+                rpc_ceiling,
+                write_floor,
+            },
         ));
     }
     runs
 }
 
+/// The broker's own figures at one concurrency, the yardsticks of the HTTP
+/// figures measured in the same run.
+pub struct Ceilings {
+    /// RPC with a server that handles one delivery at a time (a worker's
+    /// shape, not the broker's limit).
+    pub one_at_a_time: Run,
+    /// RPC with a server that handles each delivery concurrently and replies
+    /// at once: the ceiling for reads.
+    pub rpc_ceiling: Run,
+    /// A persistent request on a durable queue, publisher-confirmed; the
+    /// server appends it to a stream (confirmed), then replies and acks, each
+    /// delivery concurrently; no database: the floor under a replicated,
+    /// acknowledged write.
+    pub write_floor: Run,
+}
+
+/// How the bench's server handles `bench.rpc` deliveries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Server {
+    OneAtATime,
+    Concurrent,
+    ReplicatedWrite,
+}
+
+struct Rpc {
+    server: Server,
+    request: Vec<u8>,
+    reply: Vec<u8>,
+}
+
 async fn declare(ch: &Channel, queue: &str) {
-    let (opts, args) = (QueueDeclareOptions::default(), FieldTable::default());
+    declare_with(
+        ch,
+        queue,
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await;
+}
+
+async fn declare_with(ch: &Channel, queue: &str, opts: QueueDeclareOptions, args: FieldTable) {
     ch.queue_declare(queue.into(), opts, args)
         .await
         .expect("declare");
 }
 
+/// Replies to `d` on `channel` with `reply`, then acks it.
+async fn answer(channel: &Channel, d: &lapin::message::Delivery, reply: &[u8]) {
+    let mut props = BasicProperties::default();
+    if let Some(id) = d.properties.correlation_id() {
+        props = props.with_correlation_id(id.clone());
+    }
+    if let Some(to) = d.properties.reply_to().clone() {
+        let publish = BasicPublishOptions::default();
+        let _ = channel
+            .basic_publish("".into(), to, publish, reply, props)
+            .await;
+    }
+    let _ = d.ack(BasicAckOptions::default()).await;
+}
+
 /// A minimal lapin RPC loop (client publishes with reply_to + correlation id,
-/// a server replies): the physical limit of this design on this machine.
-async fn broker_limit(concurrency: usize, secs: f64, request: Vec<u8>, reply: Vec<u8>) -> Run {
+/// a server replies) in the shape `rpc.server` says: the broker's own limits
+/// on this machine, in a namespace of their own.
+async fn broker_limit(concurrency: usize, secs: f64, rpc: Rpc) -> Run {
     let ns = harness::namespace("bench-broker").await;
     // Client and server each with their own connection, as the orchestrator and
     // a worker have (one connection would make its I/O thread the limit).
@@ -172,30 +252,75 @@ async fn broker_limit(concurrency: usize, secs: f64, request: Vec<u8>, reply: Ve
     let conn = connect("bench-server").await.expect("amqp");
     let client_conn = connect("bench-client").await.expect("amqp");
     let server = conn.create_channel().await.expect("channel");
-    server.basic_qos(64, Default::default()).await.expect("qos");
-    declare(&server, "bench.rpc").await;
+    server
+        .basic_qos(256, Default::default())
+        .await
+        .expect("qos");
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let writes = rpc.server == Server::ReplicatedWrite;
+    if writes {
+        let mut quorum = FieldTable::default();
+        quorum.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        declare_with(&server, "bench.rpc", durable, quorum).await;
+        let mut stream = FieldTable::default();
+        stream.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("stream".into()),
+        );
+        declare_with(&server, "bench.log", durable, stream).await;
+    } else {
+        declare(&server, "bench.rpc").await;
+    }
     let (opts, args) = (BasicConsumeOptions::default(), FieldTable::default());
     let mut requests = server
         .basic_consume("bench.rpc".into(), "server".into(), opts, args)
         .await
         .expect("consume");
     let replies_ch = conn.create_channel().await.expect("channel");
+    let log = dbaas::broker::confirmed_channel(&conn)
+        .await
+        .expect("channel");
+    let (shape, reply) = (rpc.server, Arc::new(rpc.reply));
     tokio::spawn(async move {
         while let Some(Ok(d)) = requests.next().await {
-            let mut props = BasicProperties::default();
-            if let Some(id) = d.properties.correlation_id() {
-                props = props.with_correlation_id(id.clone());
+            let (replies_ch, log, reply) = (replies_ch.clone(), log.clone(), reply.clone());
+            let handle = async move {
+                if shape == Server::ReplicatedWrite {
+                    let props = BasicProperties::default().with_delivery_mode(2);
+                    let publish = BasicPublishOptions::default();
+                    let appended = match log
+                        .basic_publish("".into(), "bench.log".into(), publish, &d.data, props)
+                        .await
+                    {
+                        Ok(confirm) => confirm.await.is_ok_and(|c| c.is_ack()),
+                        Err(_) => false,
+                    };
+                    if !appended {
+                        return;
+                    }
+                }
+                answer(&replies_ch, &d, &reply).await;
+            };
+            if shape == Server::OneAtATime {
+                handle.await;
+            } else {
+                tokio::spawn(handle);
             }
-            if let Some(to) = d.properties.reply_to().clone() {
-                let publish = BasicPublishOptions::default();
-                let _ = replies_ch
-                    .basic_publish("".into(), to, publish, &reply, props)
-                    .await;
-            }
-            let _ = d.ack(BasicAckOptions::default()).await;
         }
     });
-    let client = client_conn.create_channel().await.expect("channel");
+    let client = if writes {
+        dbaas::broker::confirmed_channel(&client_conn)
+            .await
+            .expect("channel")
+    } else {
+        client_conn.create_channel().await.expect("channel")
+    };
     declare(&client, "bench.replies").await;
     let waiting: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>> = Arc::default();
     let no_ack = BasicConsumeOptions {
@@ -221,7 +346,7 @@ async fn broker_limit(concurrency: usize, secs: f64, request: Vec<u8>, reply: Ve
             }
         }
     });
-    let request = Arc::new(request);
+    let request = Arc::new(rpc.request);
     load(concurrency, secs, move |n| {
         let (client, waiting, request) = (client.clone(), waiting.clone(), request.clone());
         async move {
@@ -230,14 +355,19 @@ async fn broker_limit(concurrency: usize, secs: f64, request: Vec<u8>, reply: Ve
             if let Ok(mut m) = waiting.lock() {
                 m.insert(id.clone(), tx);
             }
-            let props = BasicProperties::default()
+            let mut props = BasicProperties::default()
                 .with_correlation_id(id.into())
                 .with_reply_to("bench.replies".into());
+            if writes {
+                props = props.with_delivery_mode(2);
+            }
             let publish = BasicPublishOptions::default();
             let sent = client
                 .basic_publish("".into(), "bench.rpc".into(), publish, &request, props)
                 .await;
-            if sent.is_err() {
+            let Ok(confirm) = sent else { return false };
+            // A write counts once the broker has it (confirm) and it is answered.
+            if writes && !confirm.await.is_ok_and(|c| c.is_ack()) {
                 return false;
             }
             let answered = tokio::time::timeout(Duration::from_secs(5), rx).await;

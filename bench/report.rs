@@ -7,15 +7,18 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Map, Value};
 
-use crate::measure::{CatchUp, Failover, Run};
+use crate::measure::{CatchUp, Ceilings, Failover, Run};
 use crate::shared::{machine, narrowed, smoke, write_results};
 
-/// The report being written: markdown, its JSON, and the broker's limit per
-/// concurrency (the HTTP figures are ratios to it).
+/// The report being written: markdown, its JSON, and the broker's ceilings
+/// per concurrency (the HTTP figures are ratios to them: reads to the RPC
+/// ceiling, writes to the replicated-write floor).
 pub struct Report {
     md: String,
     json: Map<String, Value>,
-    broker: HashMap<usize, f64>,
+    rpc_ceiling: HashMap<usize, f64>,
+    write_floor: HashMap<usize, f64>,
+    one_at_a_time: HashMap<usize, f64>,
 }
 
 fn run_json(r: &Run) -> Value {
@@ -39,7 +42,9 @@ impl Report {
         Report {
             md,
             json: Map::new(),
-            broker: HashMap::new(),
+            rpc_ceiling: HashMap::new(),
+            write_floor: HashMap::new(),
+            one_at_a_time: HashMap::new(),
         }
     }
 
@@ -48,19 +53,40 @@ impl Report {
         self.md.push('\n');
     }
 
-    pub fn broker(&mut self, runs: &[(usize, Run)]) {
+    pub fn broker(&mut self, runs: &[(usize, Ceilings)]) {
+        self.md.push_str(
+            "## The broker's own limits (lapin, same machine, same run)\n\n\
+             - **RPC ceiling**: a server that handles each delivery concurrently and \
+             replies at once (the yardstick for reads).\n\
+             - **replicated-write floor**: a persistent request on a durable (quorum) queue, \
+             publisher-confirmed; the server appends it to a stream (confirmed), then replies \
+             and acks, each delivery concurrently; no database (the yardstick for writes).\n\
+             - **one at a time**: an RPC server that handles one delivery at a time (a \
+             worker's shape, not the broker's limit; earlier reports called it the broker \
+             limit).\n\n",
+        );
         self.md
-            .push_str("## Broker RPC limit (lapin, same machine)\n\n");
-        self.md
-            .push_str("| concurrency | req/s | p50 ms | p99 ms | p999 ms |\n");
-        self.md.push_str("|---|---|---|---|---|\n");
-        for (c, r) in runs {
-            let (rps, p50, p99, p999) = (r.rps(), r.pct(0.5), r.pct(0.99), r.pct(0.999));
-            self.line(format_args!(
-                "| {c} | {rps:.0} | {p50:.2} | {p99:.2} | {p999:.2} |"
-            ));
-            self.broker.insert(*c, rps);
-            self.json.insert(format!("broker_c{c}"), run_json(r));
+            .push_str("| yardstick | concurrency | req/s | p50 ms | p99 ms | p999 ms |\n");
+        self.md.push_str("|---|---|---|---|---|---|\n");
+        for (c, ceilings) in runs {
+            for (name, key, r) in [
+                ("RPC ceiling", "rpc_ceiling", &ceilings.rpc_ceiling),
+                (
+                    "replicated-write floor",
+                    "write_floor",
+                    &ceilings.write_floor,
+                ),
+                ("one at a time", "broker", &ceilings.one_at_a_time),
+            ] {
+                let (rps, p50, p99, p999) = (r.rps(), r.pct(0.5), r.pct(0.99), r.pct(0.999));
+                self.line(format_args!(
+                    "| {name} | {c} | {rps:.0} | {p50:.2} | {p99:.2} | {p999:.2} |"
+                ));
+                self.json.insert(format!("{key}_c{c}"), run_json(r));
+            }
+            self.rpc_ceiling.insert(*c, ceilings.rpc_ceiling.rps());
+            self.write_floor.insert(*c, ceilings.write_floor.rps());
+            self.one_at_a_time.insert(*c, ceilings.one_at_a_time.rps());
         }
     }
 
@@ -68,12 +94,19 @@ impl Report {
         self.md
             .push_str("\n## Through the orchestrator (HTTP → RabbitMQ → worker → HTTP)\n\n");
         self.md.push_str(
-            "| workload | concurrency | req/s | ratio to broker limit | p50 ms | p99 ms \
+            "Reads and the mix are compared with the RPC ceiling, inserts with the \
+             replicated-write floor, both measured above in this run.\n\n\
+             | workload | concurrency | req/s | ratio to its ceiling | p50 ms | p99 ms \
              | p999 ms | failed |\n",
         );
         self.md.push_str("|---|---|---|---|---|---|---|---|\n");
         for (w, c, r) in runs {
-            let ratio = r.rps() / self.broker.get(c).copied().unwrap_or(f64::NAN);
+            let ceiling = if w.contains("insert") {
+                &self.write_floor
+            } else {
+                &self.rpc_ceiling
+            };
+            let ratio = r.rps() / ceiling.get(c).copied().unwrap_or(f64::NAN);
             let (rps, pct) = (r.rps(), ratio * 100.0);
             let (p50, p99, p999) = (r.pct(0.5), r.pct(0.99), r.pct(0.999));
             self.line(format_args!(
@@ -81,7 +114,9 @@ impl Report {
                 r.failed
             ));
             let mut j = run_json(r);
-            j["ratio_to_broker"] = json!(ratio);
+            j["ratio_to_ceiling"] = json!(ratio);
+            let one = self.one_at_a_time.get(c).copied().unwrap_or(f64::NAN);
+            j["ratio_to_one_at_a_time"] = json!(r.rps() / one);
             self.json.insert(format!("{w} c{c}"), j);
         }
     }
