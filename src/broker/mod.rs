@@ -10,8 +10,8 @@
 //!   new slave can start reading from where its snapshot ends.
 
 pub mod dead;
-pub mod link;
-pub mod messages;
+pub(crate) mod link;
+pub(crate) mod messages;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

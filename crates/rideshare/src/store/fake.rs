@@ -18,10 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::{json, Map, Value as Json};
 
 use super::{Store, UserDirectory};
-use crate::rideshare::dbaas_client::{
-    Constraint, DbError, Read, Row, StatementOutcome, Write, WriteOutcome,
-};
-use crate::rideshare::error::ApiError;
+use crate::dbaas_client::{Constraint, DbError, Read, Row, StatementOutcome, Write, WriteOutcome};
+use crate::error::ApiError;
 
 /// The error the DBaaS gives for a duplicate key.
 pub fn unique_violation(columns: &str) -> DbError {
