@@ -1,6 +1,7 @@
 //! Integration tests against real RabbitMQ and ZooKeeper (started by
 //! `scripts/test`), each in its own vhost and ZooKeeper chroot.
 
+mod cluster;
 mod common;
 mod compose;
 mod containers;

@@ -7,10 +7,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dbaas::db::Store;
 use serde_json::{json, Value};
 
-use crate::common::{sigkill, signal, slave_pids, wait_until, Options, Orchestrator};
+use crate::common::{
+    every_replica_holds_exactly, sigkill, signal, slave_pids, wait_until, Options, Orchestrator,
+};
 
 const WRITERS: usize = 4;
 const PER_WRITER: usize = 400;
@@ -110,59 +111,7 @@ async fn acknowledged_writes_survive_crashes_exactly_once_on_every_replica() {
         "every write was eventually acknowledged"
     );
 
-    // Wait until every replica has applied the master's last write, then compare files.
-    let last = o.insert_user("last").await["seq"].as_u64().expect("seq");
-    let status = wait_until("replicas caught up", Duration::from_secs(30), || async {
-        let s = settled(&o, 2).await;
-        s["workers"]
-            .as_array()?
-            .iter()
-            .all(|w| w["seq"].as_u64() >= Some(last))
-            .then_some(s)
-    })
-    .await
-    .expect("all replicas at the last seq");
-    let mut sums = BTreeSet::new();
-    for w in status["workers"].as_array().expect("workers") {
-        let pid = w["pid"].as_u64().expect("pid");
-        let slot = w["slot"].as_u64().expect("slot");
-        let path = o.data_dir().join(format!("slot-{slot}.sqlite"));
-        let store = Store::open_read_only(&path).expect("open replica");
-        assert!(
-            store.seq() >= last,
-            "worker {pid} at {} < {last}",
-            store.seq()
-        );
-        let out = store
-            .read(
-                &dbaas::db::request::parse(
-                    br#"{"table":"users","columns":["username"],"limit":10000}"#,
-                )
-                .expect("query"),
-            )
-            .expect("read replica");
-        assert!(!out.more, "worker {pid} holds more users than one page");
-        let names: Vec<String> = out
-            .rows
-            .iter()
-            .filter_map(|r| r["username"].as_str().map(String::from))
-            .collect();
-        let unique: BTreeSet<&String> = names.iter().collect();
-        assert_eq!(unique.len(), names.len(), "worker {pid} holds duplicates");
-        for a in &acked {
-            assert!(
-                unique.contains(a),
-                "worker {pid} lost acknowledged write {a}"
-            );
-        }
-        assert_eq!(
-            names.len(),
-            acked.len() + 1,
-            "worker {pid}: only acknowledged writes (and 'last')"
-        );
-        sums.insert(store.checksum().expect("checksum"));
-    }
-    assert_eq!(sums.len(), 1, "replicas differ: {sums:?}");
+    every_replica_holds_exactly(&o, &acked, 2).await;
 }
 
 #[tokio::test]

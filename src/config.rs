@@ -12,8 +12,9 @@ pub use dbaas_api::config::{secret_from, DbaasClientArgs, HttpLimits, HttpServer
 /// Where the brokers are: the orchestrator and the worker take these.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BrokerArgs {
-    /// RabbitMQ URL (it holds the broker password: give it in the environment,
-    /// not as a flag).
+    /// RabbitMQ URL, or several separated by commas (the nodes of a cluster,
+    /// tried in turn with backoff). It holds the broker password: give it in
+    /// the environment, not as a flag.
     #[arg(
         long,
         env = "DBAAS_AMQP_URL",
@@ -36,6 +37,12 @@ pub struct BrokerArgs {
     /// bound on detecting a worker killed where the orchestrator cannot see it.
     #[arg(long, env = "DBAAS_ZK_SESSION_TIMEOUT_MS", default_value_t = 2000)]
     pub zk_session_timeout_ms: u64,
+    /// RabbitMQ nodes each queue is replicated on: 1 keeps classic work
+    /// queues on one node; more makes every queue a quorum queue (and syncQ a
+    /// stream) on that many nodes of a cluster (docs/cluster.md). Every process
+    /// must use the same value: set it on the orchestrator, it is passed to the workers.
+    #[arg(long, env = "DBAAS_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
     /// syncQ retention: RabbitMQ keeps at most this many bytes of the log
     /// (replicas that fall further behind recover from a snapshot).
     #[arg(long, env = "DBAAS_SYNC_MAX_BYTES", default_value_t = crate::broker::DEFAULT_SYNC_MAX_BYTES)]
@@ -49,8 +56,10 @@ pub struct BrokerArgs {
 }
 
 impl BrokerArgs {
-    /// Applies the syncQ retention to this process's topology declarations.
-    pub fn apply_sync_retention(&self) {
+    /// Applies the syncQ retention and the replication to this process's
+    /// topology declarations.
+    pub fn apply_topology(&self) {
+        crate::broker::set_replicas(self.replicas);
         crate::broker::set_sync_retention(crate::broker::SyncRetention {
             max_bytes: self.sync_max_bytes,
             segment_bytes: self.sync_segment_bytes,

@@ -306,9 +306,11 @@ async fn serve_broker(
     dead: &tokio::sync::watch::Sender<Option<u32>>,
     round: &crate::tasks::Round,
 ) -> anyhow::Result<String> {
+    let refused = Arc::new(tokio::sync::Notify::new());
     let publisher = AmqpPublisher {
         reads: conn.create_channel().await?,
         writes: broker::confirmed_channel(conn).await?,
+        refused: refused.clone(),
     };
     // Replies are consumed before anything is published.
     let replies = replies::consume(conn).await?;
@@ -319,6 +321,8 @@ async fn serve_broker(
     Ok(tokio::select! {
         why = replies.feed(waiter) => why,
         why = broker::link::broken(conn) => why,
+        why = broker::link::cut_off(conn) => why,
+        _ = refused.notified() => "the broker kept refusing writes on this channel: starting again on new channels".to_string(),
         why = count_dead_writes(&counting, dead) => why,
     })
 }
@@ -353,6 +357,7 @@ pub fn worker_env(config: &Config) -> Vec<(String, String)> {
             "DBAAS_ZK_SESSION_TIMEOUT_MS".to_string(),
             config.zk_session_timeout.as_millis().to_string(),
         ),
+        ("DBAAS_REPLICAS".to_string(), broker::replicas().to_string()),
     ];
     if let Some(auth) = coord::auth() {
         env.push(("DBAAS_ZK_AUTH".to_string(), auth.expose().to_string()));

@@ -639,6 +639,71 @@ pub fn gated_worker(dir: &Path) -> (PathBuf, PathBuf) {
     (script, gate)
 }
 
+/// The exactly-once check at the end of a fault test: once every replica has
+/// applied a last write (`last`), each one's SQLite file holds every name in
+/// `acked` once, no other user but `last`, and all files are identical.
+pub async fn every_replica_holds_exactly(
+    o: &Orchestrator,
+    acked: &std::collections::BTreeSet<String>,
+    slaves: usize,
+) {
+    use dbaas::db::Store;
+    use std::collections::BTreeSet;
+    // Wait until every replica has applied the master's last write, then compare files.
+    let last = o.insert_user("last").await["seq"].as_u64().expect("seq");
+    let status = wait_until("replicas caught up", Duration::from_secs(30), || async {
+        let s = o.wait_for_workers(slaves).await;
+        s["workers"]
+            .as_array()?
+            .iter()
+            .all(|w| w["seq"].as_u64() >= Some(last))
+            .then_some(s)
+    })
+    .await
+    .expect("all replicas at the last seq");
+    let mut sums = BTreeSet::new();
+    for w in status["workers"].as_array().expect("workers") {
+        let pid = w["pid"].as_u64().expect("pid");
+        let slot = w["slot"].as_u64().expect("slot");
+        let path = o.data_dir().join(format!("slot-{slot}.sqlite"));
+        let store = Store::open_read_only(&path).expect("open replica");
+        assert!(
+            store.seq() >= last,
+            "worker {pid} at {} < {last}",
+            store.seq()
+        );
+        let out = store
+            .read(
+                &dbaas::db::request::parse(
+                    br#"{"table":"users","columns":["username"],"limit":10000}"#,
+                )
+                .expect("query"),
+            )
+            .expect("read replica");
+        assert!(!out.more, "worker {pid} holds more users than one page");
+        let names: Vec<String> = out
+            .rows
+            .iter()
+            .filter_map(|r| r["username"].as_str().map(String::from))
+            .collect();
+        let unique: BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "worker {pid} holds duplicates");
+        for a in acked {
+            assert!(
+                unique.contains(a),
+                "worker {pid} lost acknowledged write {a}"
+            );
+        }
+        assert_eq!(
+            names.len(),
+            acked.len() + 1,
+            "worker {pid}: only acknowledged writes (and 'last')"
+        );
+        sums.insert(store.checksum().expect("checksum"));
+    }
+    assert_eq!(sums.len(), 1, "replicas differ: {sums:?}");
+}
+
 /// Polls `check` every 50 ms until it yields a value or `patience` runs out.
 pub async fn wait_until<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> Option<T>
 where

@@ -60,7 +60,15 @@ pub trait Publisher: Unpin + 'static {
 pub struct AmqpPublisher {
     pub reads: Channel,
     pub writes: Channel,
+    /// Told when the broker keeps refusing writes on `writes` (nacks for
+    /// [`NACK_PATIENCE`]): the session then starts again on new channels.
+    pub refused: std::sync::Arc<tokio::sync::Notify>,
 }
+
+/// How long a write's publish is retried on one channel while the broker
+/// refuses it; then it fails (503, the client retries) and the broker
+/// session starts again.
+pub const NACK_PATIENCE: Duration = Duration::from_secs(1);
 
 impl Publisher for AmqpPublisher {
     fn probe(&self) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
@@ -100,16 +108,25 @@ impl Publisher for AmqpPublisher {
         } else {
             self.reads.clone()
         };
+        let refused = self.refused.clone();
         Box::pin(async move {
             let res = if durable {
-                broker::publish_confirmed(
+                let res = broker::publish_confirmed_within(
                     &channel,
                     queue.name(),
                     &msg.body,
                     props,
                     Duration::from_secs(10),
+                    NACK_PATIENCE,
                 )
-                .await
+                .await;
+                if res
+                    .as_ref()
+                    .is_err_and(|e| e.downcast_ref::<broker::Refused>().is_some())
+                {
+                    refused.notify_one();
+                }
+                res
             } else {
                 let props = props.with_expiration(msg.expires_after.as_millis().to_string().into());
                 channel

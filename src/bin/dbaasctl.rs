@@ -183,14 +183,27 @@ fn dead_rows(writes: &[DeadWrite]) -> Vec<Vec<String>> {
 
 /// `dbaasctl dead ...`, against RabbitMQ.
 async fn dead(amqp_url: &str, action: DeadAction) -> Result<(), String> {
-    let props = lapin::ConnectionProperties::default().with_connection_name("dbaasctl".into());
-    let conn = tokio::time::timeout(
-        Duration::from_secs(10),
-        lapin::Connection::connect(&dbaas::broker::with_heartbeat(amqp_url), props),
-    )
-    .await
-    .map_err(|_| format!("{amqp_url}: connecting timed out"))?
-    .map_err(|e| format!("{amqp_url}: {e}"))?;
+    // The first node of a cluster's list that answers.
+    let mut failures = Vec::new();
+    let mut connected = None;
+    for url in dbaas::broker::addresses(amqp_url) {
+        let props = lapin::ConnectionProperties::default().with_connection_name("dbaasctl".into());
+        let shown = dbaas::broker::redacted(url);
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            lapin::Connection::connect(&dbaas::broker::with_heartbeat(url), props),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                connected = Some(conn);
+                break;
+            }
+            Ok(Err(e)) => failures.push(format!("{shown}: {e}")),
+            Err(_) => failures.push(format!("{shown}: connecting timed out")),
+        }
+    }
+    let conn = connected.ok_or_else(|| failures.join("; "))?;
     let header = [
         "WRITE ID",
         "WRITE",

@@ -90,7 +90,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     dbaas::telemetry::init();
     let a = Args::parse();
-    a.brokers.apply_sync_retention();
+    a.brokers.apply_topology();
     a.brokers.apply_zk_auth()?;
     let tokens = dbaas::http::auth::Tokens::load(
         a.data_tokens.as_ref().map(|t| t.expose()),

@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
     dbaas::telemetry::init();
     let a = Args::parse();
     dbaas::broker::set_max_reply_bytes(a.max_reply_bytes);
-    a.brokers.apply_sync_retention();
+    a.brokers.apply_topology();
     a.brokers.apply_zk_auth()?;
     dbaas::worker::run(dbaas::worker::Config {
         amqp_url: a.brokers.amqp_url.clone(),

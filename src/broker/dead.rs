@@ -108,10 +108,55 @@ pub fn write_queue_arguments(limit: u64) -> FieldTable {
 /// difference means processes disagree on `DBAAS_WRITE_DELIVERY_LIMIT`.
 pub async fn declare(conn: &Connection) -> anyhow::Result<()> {
     let limit = write_delivery_limit();
+    let replicas = super::replicas();
+    let mut channel = conn.create_channel().await?;
+    match channel
+        .queue_declare(
+            DEAD_WRITE_Q.into(),
+            super::durable(),
+            super::work_queue_args(replicas),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if super::is_precondition_failed(&e) => {
+            channel = conn.create_channel().await?;
+            channel
+                .queue_declare(DEAD_WRITE_Q.into(), super::passive(), FieldTable::default())
+                .await?;
+            warn!(
+                replicas,
+                "writeQ.dead exists with other arguments: using it as it is (docs/cluster.md)"
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let mut args = write_queue_arguments(limit);
+    super::add_group_size(&mut args, replicas);
+    match channel
+        .queue_declare(WRITE_Q.into(), super::durable(), args)
+        .await
+    {
+        Ok(_) => {
+            let _ = channel.close(200, "declared".into()).await;
+            Ok(())
+        }
+        Err(e) if super::is_precondition_failed(&e) => {
+            if replicas > 1 && same_but_group_size(conn, limit).await? {
+                return Ok(());
+            }
+            migrate(conn, limit).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `writeQ` is the quorum queue of a single-node deployment (the same
+/// delivery limit, no initial group size): a cluster uses it as it is. Its
+/// replicas are the nodes it was created on; `rabbitmq-queues grow` adds the
+/// others (docs/cluster.md).
+async fn same_but_group_size(conn: &Connection, limit: u64) -> anyhow::Result<bool> {
     let channel = conn.create_channel().await?;
-    channel
-        .queue_declare(DEAD_WRITE_Q.into(), super::durable(), FieldTable::default())
-        .await?;
     match channel
         .queue_declare(
             WRITE_Q.into(),
@@ -121,10 +166,11 @@ pub async fn declare(conn: &Connection) -> anyhow::Result<()> {
         .await
     {
         Ok(_) => {
+            warn!("writeQ is a quorum queue declared without x-quorum-initial-group-size: using it as it is; add replicas with `rabbitmq-queues grow` (docs/cluster.md)");
             let _ = channel.close(200, "declared".into()).await;
-            Ok(())
+            Ok(true)
         }
-        Err(e) if super::is_precondition_failed(&e) => migrate(conn, limit).await,
+        Err(e) if super::is_precondition_failed(&e) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -142,8 +188,9 @@ async fn migrate(conn: &Connection, limit: u64) -> anyhow::Result<()> {
         Ok(q) => q,
         Err(e) if super::is_precondition_failed(&e) => {
             return Err(anyhow::anyhow!(
-                "writeQ exists with other arguments than this process declares (a quorum queue with x-delivery-limit {}): every process must run with the same {DELIVERY_LIMIT_ENV} (this one has {limit}); to change it, delete writeQ while it is empty",
-                limit + 1
+                "writeQ exists with other arguments than this process declares (a quorum queue with x-delivery-limit {}, on {} node(s)): every process must run with the same {DELIVERY_LIMIT_ENV} (this one has {limit}) and DBAAS_REPLICAS; to change it, delete writeQ while it is empty",
+                limit + 1,
+                super::replicas()
             ))
         }
         Err(e) => return Err(e.into()),

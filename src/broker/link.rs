@@ -22,6 +22,11 @@ use tracing::{info, warn};
 
 use crate::tasks::{Round, Tasks};
 
+/// How often [`cut_off`] asks the cluster for a confirm.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a probe may wait for its confirm before the node is taken for cut off.
+pub const PROBE_PATIENCE: Duration = Duration::from_secs(3);
+
 /// Runs `session` on a fresh connection each time the last one ended, forever,
 /// as the task `task` of `tasks` (`crate::tasks::keep`: capped backoff and
 /// jitter between rounds, the state in `worker/status` and `/metrics`). The
@@ -65,6 +70,91 @@ pub async fn broken(conn: &Connection) -> String {
             Ok(None) => return "connection closed".into(),
             Err(_) if !conn.status().connected() => return "connection lost".into(),
             Err(_) => {}
+        }
+    }
+}
+
+/// On a cluster (`DBAAS_REPLICAS` > 1): resolves when the node `conn` is on no
+/// longer reaches a majority of the cluster, then closes `conn` and makes the
+/// next connection attempt start at another address. Never resolves on one node.
+///
+/// A node cut off from its peers keeps its clients' connections open (and
+/// heartbeats answered) until it notices it is in the minority and pauses
+/// (`pause_minority`, after about `net_ticktime`, 10 s or more): meanwhile it
+/// confirms nothing and delivers nothing. So every [`PROBE_EVERY`] this
+/// publishes a small message, with a confirm, to a quorum queue of this
+/// connection's own whose leader is on the same node (`client-local`): a
+/// majority of its replicas is that node and one other, so the confirm comes
+/// while the node reaches any peer, and not when it reaches none. No confirm
+/// within [`PROBE_PATIENCE`]: the node is cut off (docs/cluster.md).
+pub async fn cut_off(conn: &Connection) -> String {
+    if super::replicas() <= 1 {
+        return std::future::pending().await;
+    }
+    let why = match probe(conn).await {
+        Ok(why) => why,
+        // The connection is going anyway: `broken` says why.
+        Err(_) => return std::future::pending().await,
+    };
+    warn!(reason = %why, "leaving this RabbitMQ node");
+    super::avoid_current();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        conn.close(200, "node cut off".into()),
+    )
+    .await;
+    why
+}
+
+/// Probes until a confirm does not come in time (`Ok(why)`), or the
+/// connection fails (`Err`).
+async fn probe(conn: &Connection) -> anyhow::Result<String> {
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let queue = format!("probe.{}", uuid::Uuid::new_v4().simple());
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-queue-leader-locator".into(),
+        AMQPValue::LongString("client-local".into()),
+    );
+    // Gone a minute after its connection: probes of dead processes do not pile up.
+    args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    let channel = super::confirmed_channel(conn).await?;
+    let declare = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    tokio::time::timeout(
+        PROBE_PATIENCE,
+        channel.queue_declare(queue.as_str().into(), declare, args),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("declaring the probe queue timed out"))??;
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                b"",
+                lapin::BasicProperties::default(),
+            )
+            .await?;
+        match tokio::time::timeout(PROBE_PATIENCE, confirm).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                return Ok(format!(
+                    "no confirm from RabbitMQ within {PROBE_PATIENCE:?}: this node is cut off from the cluster"
+                ))
+            }
         }
     }
 }

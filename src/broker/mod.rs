@@ -8,6 +8,13 @@
 //! - `syncQ`: a RabbitMQ *stream*: an append-only log every replica reads in full
 //!   from its own offset, so every slave sees every write in the same order and a
 //!   new slave can start reading from where its snapshot ends.
+//!
+//! On a RabbitMQ cluster ([`set_replicas`], `DBAAS_REPLICAS` > 1, docs/cluster.md)
+//! every durable queue is replicated: `writeQ` and the work queues are quorum
+//! queues on that many nodes, `syncQ` a stream on that many nodes, so none
+//! is lost or unusable with one node. `DBAAS_AMQP_URL` may then name several
+//! nodes, comma-separated ([`addresses`]): each connection attempt tries them
+//! in turn, starting with the one that worked last.
 
 pub mod dead;
 pub(crate) mod link;
@@ -62,8 +69,25 @@ pub fn with_heartbeat(url: &str) -> String {
     }
 }
 
-/// `url` with its password replaced by `***`, for messages and logs.
+/// The broker addresses a `DBAAS_AMQP_URL` names: one URL, or several
+/// separated by commas (the nodes of a cluster), in the order given.
+pub fn addresses(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// `url` (or a comma-separated list of URLs) with each password replaced by
+/// `***`, for messages and logs.
 pub fn redacted(url: &str) -> String {
+    if url.contains(',') {
+        return addresses(url)
+            .into_iter()
+            .map(redacted)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -109,17 +133,55 @@ pub async fn open(url: &str, name: &str, patience: Duration) -> anyhow::Result<C
     }
 }
 
-/// One attempt: connect (bounded) and declare the topology.
-pub async fn open_once(url: &str, name: &str) -> anyhow::Result<Connection> {
+/// Which of the addresses worked last: the next attempt starts there.
+static LAST_GOOD: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes the next connection attempt of this process start at the address
+/// after the one that worked last (that node was found cut off).
+pub fn avoid_current() {
+    LAST_GOOD.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How long one address may take to accept a connection.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
+
+/// One attempt: each address of `urls` in turn ([`addresses`], starting with
+/// the one that worked last, then the others in order) until one connects and
+/// declares the topology; the error names every address's failure.
+pub async fn open_once(urls: &str, name: &str) -> anyhow::Result<Connection> {
+    let list = addresses(urls);
+    if list.is_empty() {
+        return Err(anyhow::anyhow!("no RabbitMQ address given"));
+    }
+    let first = LAST_GOOD.load(Ordering::Relaxed) % list.len();
+    let mut failures = Vec::new();
+    for i in (0..list.len()).map(|k| (first + k) % list.len()) {
+        match open_one(list[i], name).await {
+            Ok(conn) => {
+                if !failures.is_empty() {
+                    info!(name, broker = %redacted(list[i]), "connected to another RabbitMQ node");
+                }
+                LAST_GOOD.store(i, Ordering::Relaxed);
+                return Ok(conn);
+            }
+            Err(e) if list.len() == 1 => return Err(e),
+            Err(e) => failures.push(format!("{}: {e}", redacted(list[i]))),
+        }
+    }
+    Err(anyhow::anyhow!("{}", failures.join("; ")))
+}
+
+/// Connects (bounded) to one address and declares the topology.
+async fn open_one(url: &str, name: &str) -> anyhow::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
     let conn = tokio::time::timeout(
-        Duration::from_secs(5),
+        CONNECT_PATIENCE,
         Connection::connect(&with_heartbeat(url), props),
     )
     .await
     .map_err(|_| anyhow::anyhow!("connection attempt timed out"))??;
     let declared = tokio::time::timeout(Duration::from_secs(10), async {
-        declare_topology(&conn.create_channel().await?).await?;
+        declare_topology(&conn).await?;
         declare_sync_stream(&conn).await?;
         dead::declare(&conn).await
     })
@@ -147,14 +209,82 @@ fn failure_class(e: &anyhow::Error) -> String {
 }
 
 /// Declares the queues but `writeQ` and `writeQ.dead`, which [`dead::declare`]
-/// declares (idempotent: every process declares them).
-pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
+/// declares (idempotent: every process declares them), with
+/// [`work_queue_args`]. A queue that exists with other arguments (406: a
+/// classic queue of a single-node deployment now run as a cluster, or the
+/// other way round) is used as it is, with a warning: changing a queue's type
+/// means deleting it, which an operator does while it is empty
+/// (docs/cluster.md).
+pub async fn declare_topology(conn: &Connection) -> lapin::Result<()> {
+    let args = work_queue_args(replicas());
+    let mut channel = conn.create_channel().await?;
     for q in [READ_Q, RESPONSE_Q, MASTER_READ_Q, SNAPSHOT_Q] {
-        channel
-            .queue_declare(q.into(), durable(), FieldTable::default())
-            .await?;
+        match channel
+            .queue_declare(q.into(), durable(), args.clone())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_precondition_failed(&e) => {
+                // The 406 closed the channel.
+                channel = conn.create_channel().await?;
+                channel
+                    .queue_declare(q.into(), passive(), FieldTable::default())
+                    .await?;
+                warn!(
+                    queue = q,
+                    replicas = replicas(),
+                    "queue exists with other arguments: using it as it is (docs/cluster.md says how to change its type)"
+                );
+            }
+            Err(e) => return Err(e),
+        }
     }
+    let _ = channel.close(200, "declared".into()).await;
     Ok(())
+}
+
+/// How many RabbitMQ nodes hold each queue: 1 (one node, classic queues as
+/// ever) or the cluster's size (`DBAAS_REPLICAS`).
+static REPLICAS: AtomicUsize = AtomicUsize::new(1);
+
+/// Sets the replication this process declares its queues with (`DBAAS_REPLICAS`).
+pub fn set_replicas(n: usize) {
+    REPLICAS.store(n.max(1), Ordering::Relaxed);
+}
+
+/// The replication this process declares its queues with (at least 1).
+pub fn replicas() -> usize {
+    REPLICAS.load(Ordering::Relaxed).max(1)
+}
+
+/// Arguments of the work queues (`readQ`, `readQ.master`, `responseQ`,
+/// `snapshotQ`, `writeQ.dead`) for `replicas` nodes: none on one node (a classic
+/// queue, as a single-node deployment always had), else a quorum queue on
+/// `replicas` nodes. A classic queue lives on one node: with that node down it
+/// cannot even be declared (`NOT_FOUND - home node ... is down`), so in a
+/// cluster every process would wait for that node; a quorum queue goes on
+/// with a majority of its nodes and loses nothing it confirmed.
+pub fn work_queue_args(replicas: usize) -> FieldTable {
+    let mut args = FieldTable::default();
+    if replicas > 1 {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        add_group_size(&mut args, replicas);
+    }
+    args
+}
+
+/// `x-quorum-initial-group-size` = `replicas` (a quorum queue's replicas; a
+/// larger value than the cluster has nodes means every node).
+pub fn add_group_size(args: &mut FieldTable, replicas: usize) {
+    if replicas > 1 {
+        args.insert(
+            "x-quorum-initial-group-size".into(),
+            AMQPValue::LongLongInt(i64::try_from(replicas).unwrap_or(i64::MAX)),
+        );
+    }
 }
 
 /// How much of `syncQ` RabbitMQ keeps: the log is bounded, and a replica whose
@@ -215,6 +345,12 @@ pub fn sync_stream_args(retention: &SyncRetention) -> FieldTable {
             AMQPValue::LongString(age.as_str().into()),
         );
     }
+    if replicas() > 1 {
+        args.insert(
+            "x-initial-cluster-size".into(),
+            AMQPValue::LongLongInt(i64::try_from(replicas()).unwrap_or(i64::MAX)),
+        );
+    }
     args
 }
 
@@ -250,7 +386,7 @@ pub async fn declare_sync_stream(conn: &Connection) -> lapin::Result<()> {
 
 /// Whether `e` is the broker's 406 PRECONDITION_FAILED (a queue redeclared
 /// with other arguments; it also closed the channel).
-fn is_precondition_failed(e: &lapin::Error) -> bool {
+pub(crate) fn is_precondition_failed(e: &lapin::Error) -> bool {
     matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }
 
@@ -317,6 +453,11 @@ pub fn delivery_stream_offset(props: &lapin::BasicProperties) -> Option<u64> {
 
 /// Publishes `body` to `queue` (default exchange) as a persistent message and waits
 /// for the broker's confirm: an error means the message may not be stored.
+/// A `basic.nack` (a quorum queue or stream that lost its leader: a client of
+/// a killed node gets a few before the new leader takes the message) is
+/// retried, the same message again, with a short backoff, until `patience`
+/// runs out; every caller's message is safe to store twice (writes carry
+/// their write id, barriers and markers their nonce).
 pub async fn publish_confirmed(
     channel: &Channel,
     queue: &str,
@@ -324,22 +465,81 @@ pub async fn publish_confirmed(
     properties: lapin::BasicProperties,
     patience: Duration,
 ) -> anyhow::Result<()> {
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            lapin::options::BasicPublishOptions::default(),
-            body,
-            properties.with_delivery_mode(2),
-        )
-        .await?;
-    match tokio::time::timeout(patience, confirm).await {
-        Ok(Ok(c)) if c.is_ack() => Ok(()),
-        Ok(Ok(c)) => Err(anyhow::anyhow!("broker refused publish to {queue}: {c:?}")),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(anyhow::anyhow!(
-            "no confirm from broker for {queue} within {patience:?}"
-        )),
+    publish_confirmed_within(channel, queue, body, properties, patience, patience).await
+}
+
+/// The broker kept refusing a publish (`basic.nack`) for longer than the
+/// caller allows on one channel.
+#[derive(Debug, thiserror::Error)]
+#[error("broker refused publish to {queue} {nacks} time(s)")]
+pub struct Refused {
+    pub queue: String,
+    pub nacks: u32,
+}
+
+/// [`publish_confirmed`], but nacks are retried on this channel only for
+/// `nack_patience`; then the error is [`Refused`]. A channel opened while a
+/// quorum queue's leader was being replaced can go on refusing after the new
+/// leader is elected (RabbitMQ 3.10: seen for 10 s, until the old leader's
+/// node came back); a new channel finds the new leader.
+pub async fn publish_confirmed_within(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+    patience: Duration,
+    nack_patience: Duration,
+) -> anyhow::Result<()> {
+    let start = tokio::time::Instant::now();
+    let deadline = start + patience;
+    let nack_deadline = start + nack_patience;
+    let properties = properties.with_delivery_mode(2);
+    let mut backoff = Duration::from_millis(50);
+    let mut nacks = 0u32;
+    loop {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                properties.clone(),
+            )
+            .await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let refused = match tokio::time::timeout(left, confirm).await {
+            Ok(Ok(c)) if c.is_ack() => {
+                if nacks > 0 {
+                    info!(
+                        queue,
+                        nacks, "publish confirmed after the broker refused it"
+                    );
+                }
+                return Ok(());
+            }
+            Ok(Ok(c)) => format!("{c:?}"),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                return Err(anyhow::anyhow!(
+                    "no confirm from broker for {queue} within {patience:?}"
+                ))
+            }
+        };
+        nacks += 1;
+        if tokio::time::Instant::now() + backoff >= deadline.min(nack_deadline) {
+            warn!(queue, nacks, last = %refused, "broker keeps refusing a publish");
+            return Err(Refused {
+                queue: queue.to_string(),
+                nacks,
+            }
+            .into());
+        }
+        warn!(
+            queue,
+            nacks, "broker refused a publish (nack): publishing it again"
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
     }
 }
 
@@ -436,6 +636,34 @@ mod tests {
     use super::messages::Reply;
     use super::*;
     use crate::db::ReadOutcome;
+
+    #[test]
+    fn an_address_list_is_split_on_commas_in_order() {
+        assert_eq!(
+            addresses("amqp://a:1@h1:5672/%2f, amqp://a:1@h2:5672/%2f,"),
+            vec!["amqp://a:1@h1:5672/%2f", "amqp://a:1@h2:5672/%2f"]
+        );
+        assert_eq!(addresses("amqp://h1"), vec!["amqp://h1"]);
+        assert_eq!(
+            redacted("amqp://u:p1@h1:5672/v,amqp://u:p2@h2:5672/v"),
+            "amqp://u:***@h1:5672/v,amqp://u:***@h2:5672/v"
+        );
+    }
+
+    #[test]
+    fn one_node_keeps_classic_work_queues_a_cluster_gets_quorum_queues() {
+        assert!(work_queue_args(1).inner().is_empty());
+        let args = work_queue_args(3);
+        assert_eq!(
+            args.inner().get(&ShortString::from("x-queue-type")),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(
+            args.inner()
+                .get(&ShortString::from("x-quorum-initial-group-size")),
+            Some(&AMQPValue::LongLongInt(3))
+        );
+    }
 
     #[test]
     fn redacted_hides_the_password_only() {

@@ -18,8 +18,20 @@ pub enum Decision {
     WatchPredecessor(u32),
 }
 
+/// The pids that take part in the election: every registered worker but those
+/// still catching up (`joining`: not slaves yet, they enter once they serve).
+/// A joiner with the lowest pid would otherwise hold up a failover until it
+/// has caught up.
+pub fn contenders(registered: &[u32], joining: &[u32], me: u32) -> Vec<u32> {
+    registered
+        .iter()
+        .copied()
+        .filter(|p| *p == me || !joining.contains(p))
+        .collect()
+}
+
 /// `me`: this worker's pid; `master`: the master's pid, if any; `live`: the pids of
-/// every registered worker (in any order, `me` included).
+/// every contender ([`contenders`]; in any order, `me` included).
 pub fn decide(me: u32, master: Option<u32>, live: &[u32]) -> Decision {
     if master == Some(me) {
         return Decision::Lead;
@@ -39,6 +51,18 @@ pub fn decide(me: u32, master: Option<u32>, live: &[u32]) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_joiner_with_the_lowest_pid_does_not_hold_up_the_failover() {
+        let live = contenders(&[3, 9, 12], &[3], 9);
+        assert_eq!(live, vec![9, 12]);
+        assert_eq!(decide(9, None, &live), Decision::Promote);
+        assert_eq!(decide(12, None, &live), Decision::WatchPredecessor(9));
+        // Once it serves, it is a contender like any slave.
+        assert_eq!(contenders(&[3, 9, 12], &[], 9), vec![3, 9, 12]);
+        // A worker never leaves itself out.
+        assert_eq!(contenders(&[3, 9], &[3], 3), vec![3, 9]);
+    }
 
     #[test]
     fn the_master_leads() {

@@ -252,6 +252,37 @@ async fn restrict_open_nodes(client: &zk::Client) -> anyhow::Result<()> {
 }
 
 /// Reads the master znode, if there is a master.
+/// Whether `e` says nothing about the data, only that the connection to the
+/// server went (or did not answer in time): in an ensemble the session moves
+/// to another server and the same request may be asked again there.
+pub fn is_transient(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::Custom(_)
+    )
+}
+
+/// Waits until `client`'s session is connected again (it moves to another
+/// server of the ensemble by itself), for at most its session timeout; an
+/// error if the session ended for good or did not come back in that time.
+pub async fn reconnected(client: &zk::Client) -> Result<(), zk::Error> {
+    let deadline = tokio::time::Instant::now() + client.session_timeout();
+    loop {
+        let mut states = client.state_watcher();
+        match client.state() {
+            zk::SessionState::SyncConnected => return Ok(()),
+            s if s.is_terminated() => return Err(zk::Error::SessionExpired),
+            _ => {}
+        }
+        if tokio::time::timeout_at(deadline, states.changed())
+            .await
+            .is_err()
+        {
+            return Err(zk::Error::Timeout);
+        }
+    }
+}
+
 pub async fn master(client: &zk::Client) -> Result<Option<MasterInfo>, zk::Error> {
     match client.get_data(MASTER).await {
         Ok((data, _)) => Ok(serde_json::from_slice(&data).ok()),
@@ -299,5 +330,20 @@ pub async fn forget_dead_worker(client: &zk::Client, pid: u32) -> Result<(), zk:
     match client.delete(&worker_path(pid), None).await {
         Ok(()) | Err(zk::Error::NoNode) => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_lost_connection_is_asked_again_an_answer_or_a_lost_session_is_not() {
+        assert!(is_transient(&zk::Error::ConnectionLoss));
+        assert!(is_transient(&zk::Error::Timeout));
+        assert!(!is_transient(&zk::Error::NoNode));
+        assert!(!is_transient(&zk::Error::NoAuth));
+        assert!(!is_transient(&zk::Error::SessionExpired));
+        assert!(!is_transient(&zk::Error::BadVersion));
     }
 }

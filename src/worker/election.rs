@@ -8,8 +8,8 @@ use tracing::{info, warn};
 use zookeeper_client as zk;
 
 use super::WorkerState;
-use crate::coord::election::{decide, Decision};
-use crate::coord::{self, MasterInfo, WorkerInfo, EPOCH, MASTER, WORKERS};
+use crate::coord::election::{contenders, decide, Decision};
+use crate::coord::{self, MasterInfo, Role, WorkerInfo, EPOCH, MASTER, WORKERS};
 
 /// Creates this worker's ephemeral znode.
 pub async fn register(client: &zk::Client, state: &WorkerState) -> anyhow::Result<()> {
@@ -69,29 +69,49 @@ pub async fn publish_progress(client: zk::Client, state: WorkerState, every: Dur
 /// predecessor, so one death wakes one worker.
 pub async fn win(client: &zk::Client, state: &WorkerState) -> anyhow::Result<u64> {
     loop {
-        let master = coord::master(client).await?;
-        let live: Vec<u32> = client
-            .list_children(WORKERS)
-            .await?
-            .iter()
-            .filter_map(|c| c.parse().ok())
-            .collect();
-        match decide(state.pid, master.map(|m| m.pid), &live) {
-            Decision::Lead => {
-                // Only after a restart of the election loop with our own znode in place.
-                return Ok(master.map(|m| m.epoch).unwrap_or_default());
-            }
-            Decision::Promote => {
-                if let Some(epoch) = try_take_master(client, state.pid).await? {
-                    return Ok(epoch);
+        match step(client, state).await {
+            Ok(Some(epoch)) => return Ok(epoch),
+            Ok(None) => {}
+            // A lost connection to one server of the ensemble: the session
+            // moves to another and the election goes on from a fresh look.
+            Err(e) => match e.downcast_ref::<zk::Error>() {
+                Some(z) if coord::is_transient(z) => {
+                    warn!(error = %z, "election: ZooKeeper connection lost; going on once the session is back");
+                    coord::reconnected(client).await?;
                 }
-            }
-            Decision::WatchMaster => wait_for_change(client, MASTER).await?,
-            Decision::WatchPredecessor(p) => {
-                wait_for_change(client, &coord::worker_path(p)).await?
-            }
+                _ => return Err(e),
+            },
         }
     }
+}
+
+/// One look at the master znode and the live workers, and what follows: the
+/// epoch won, or None to look again.
+async fn step(client: &zk::Client, state: &WorkerState) -> anyhow::Result<Option<u64>> {
+    let master = coord::master(client).await?;
+    let registered: Vec<u32> = client
+        .list_children(WORKERS)
+        .await?
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let joining: Vec<u32> = coord::workers(client)
+        .await?
+        .iter()
+        .filter(|w| w.role == Role::Joining)
+        .map(|w| w.pid)
+        .collect();
+    let live = contenders(&registered, &joining, state.pid);
+    match decide(state.pid, master.map(|m| m.pid), &live) {
+        Decision::Lead => {
+            // Only after a restart of the election loop with our own znode in place.
+            return Ok(Some(master.map(|m| m.epoch).unwrap_or_default()));
+        }
+        Decision::Promote => return try_take_master(client, state.pid).await,
+        Decision::WatchMaster => wait_for_change(client, MASTER).await?,
+        Decision::WatchPredecessor(p) => wait_for_change(client, &coord::worker_path(p)).await?,
+    }
+    Ok(None)
 }
 
 async fn wait_for_change(client: &zk::Client, path: &str) -> anyhow::Result<()> {

@@ -9,9 +9,20 @@
 //! is one ZooKeeper round trip (`sync` + read of the master znode) per batch of
 //! writes and strong reads, whatever their number. Once a check fails the fence
 //! stays failed: a deposed master never becomes master again under that epoch.
+//!
+//! The read follows a `sync` so that, in an ensemble, the server this session
+//! is connected to has applied everything the leader committed before the
+//! check began: a follower that lags (or was cut off from the leader) cannot
+//! show this master the master znode of a term that is already over. (ZooKeeper's
+//! `sync` is not itself a quorum operation, ZOOKEEPER-1675: a leader that is
+//! cut off but does not yet know it could still answer; it stops serving after
+//! `syncLimit` ticks, less than the session timeout after which a new master
+//! can be elected. docs/cluster.md.) A lost connection decides nothing: the
+//! check is asked again once the session has moved to another server, until
+//! the session ends.
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::warn;
+use tracing::{info, warn};
 use zookeeper_client as zk;
 
 use crate::coord::{self, MasterInfo, MASTER};
@@ -42,16 +53,52 @@ pub struct ZkAuthority {
 impl Authority for ZkAuthority {
     fn still_master(&self) -> futures_util::future::BoxFuture<'_, Result<(), Deposed>> {
         Box::pin(async move {
-            if let Err(e) = self.zk.sync(MASTER).await {
-                return Err(format!("cannot confirm leadership with ZooKeeper ({e})"));
-            }
-            match coord::master(&self.zk).await {
-                Ok(Some(MasterInfo { pid, epoch })) if pid == self.pid && epoch == self.epoch => {
-                    Ok(())
+            // A lost connection is no answer: in an ensemble the session moves
+            // to another server (a leader election drops every client for
+            // a second or so) and keeps its ephemeral znodes, the master
+            // znode among them. So the check is asked again once the session
+            // is connected, for as long as the session can last; only an
+            // answer, or the end of the session, decides. Nothing is
+            // acknowledged meanwhile.
+            let deadline = tokio::time::Instant::now() + self.zk.session_timeout();
+            loop {
+                match self.confirm().await {
+                    Ok(verdict) => return verdict,
+                    Err(e) if tokio::time::Instant::now() >= deadline => {
+                        return Err(format!(
+                        "cannot confirm leadership with ZooKeeper within the session timeout ({e})"
+                    ))
+                    }
+                    Err(e) => {
+                        info!(error = %e, "fencing check waits for the ZooKeeper session to reconnect");
+                        if let Err(e) = coord::reconnected(&self.zk).await {
+                            return Err(format!(
+                                "cannot confirm leadership with ZooKeeper: the session did not come back ({e})"
+                            ));
+                        }
+                    }
                 }
-                Ok(other) => Err(format!("no longer master (master znode: {other:?})")),
-                Err(e) => Err(format!("cannot confirm leadership with ZooKeeper ({e})")),
             }
+        })
+    }
+}
+
+impl ZkAuthority {
+    /// One check: `sync`, then the master znode. `Ok` holds the verdict;
+    /// `Err` is a connection loss or timeout, which decides nothing.
+    async fn confirm(&self) -> Result<Result<(), Deposed>, zk::Error> {
+        let unsure = coord::is_transient;
+        let denied = |e: zk::Error| format!("cannot confirm leadership with ZooKeeper ({e})");
+        match self.zk.sync(MASTER).await {
+            Ok(()) => {}
+            Err(e) if unsure(&e) => return Err(e),
+            Err(e) => return Ok(Err(denied(e))),
+        }
+        Ok(match coord::master(&self.zk).await {
+            Ok(Some(MasterInfo { pid, epoch })) if pid == self.pid && epoch == self.epoch => Ok(()),
+            Ok(other) => Err(format!("no longer master (master znode: {other:?})")),
+            Err(e) if unsure(&e) => return Err(e),
+            Err(e) => Err(denied(e)),
         })
     }
 }

@@ -146,6 +146,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Ok(name) => anyhow::anyhow!("the {name} task ended"),
                 Err(e) => anyhow::anyhow!("a background task failed: {e}"),
             }),
+            // Its RabbitMQ node was cut off from the cluster (and closed):
+            // a slave reconnects to another node, a master ends.
+            why = broker::link::cut_off(&conn) => anyhow::anyhow!("{why}"),
             served = serve(&conn, &zk, state.clone(), &config, &slot) => match served {
                 Ok(()) => break Ok(()),
                 Err(e) => e,

@@ -3,6 +3,8 @@
 //! own entries (duplicates), and a master that sees a newer master's barrier
 //! knows it has been replaced and stops.
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::Connection;
@@ -54,20 +56,54 @@ pub async fn run(conn: &Connection, state: WorkerState, from: StreamOffset) -> S
     }
 }
 
+/// How long a worker waits for `syncQ` to have a running replica on its node.
+const REPLICA_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A consumer of `syncQ` from `from` (and the channel it lives on). On a
+/// cluster, a node's stream replica is restarted by RabbitMQ's stream
+/// coordinator after the stream's leader moves (a node lost or cut off);
+/// until then consuming there is refused (406 `does not have a replica on the
+/// local node`). That is waited out, with backoff, for up to
+/// [`REPLICA_PATIENCE`], rather than ending the worker.
+async fn subscribe(
+    conn: &Connection,
+    state: &WorkerState,
+    from: StreamOffset,
+) -> Result<(lapin::Channel, lapin::Consumer), SyncStop> {
+    let deadline = tokio::time::Instant::now() + REPLICA_PATIENCE;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        // A refusal closes the channel: each attempt has its own.
+        let channel = broker::consumer_channel(conn, 512).await?;
+        match channel
+            .basic_consume(
+                SYNC_Q.into(),
+                format!("sync-{}", state.pid).into(),
+                BasicConsumeOptions::default(),
+                broker::stream_offset(from),
+            )
+            .await
+        {
+            Ok(consumer) => return Ok((channel, consumer)),
+            Err(e)
+                if broker::is_precondition_failed(&e)
+                    && tokio::time::Instant::now() + delay < deadline =>
+            {
+                warn!(error = %e, "syncQ has no running replica on this RabbitMQ node yet (its leader moved): waiting");
+                tokio::time::sleep(crate::backoff::jitter(delay)).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 async fn consume(
     conn: &Connection,
     state: &WorkerState,
     from: StreamOffset,
 ) -> Result<(), SyncStop> {
-    let channel = broker::consumer_channel(conn, 512).await?;
-    let mut consumer = channel
-        .basic_consume(
-            SYNC_Q.into(),
-            format!("sync-{}", state.pid).into(),
-            BasicConsumeOptions::default(),
-            broker::stream_offset(from),
-        )
-        .await?;
+    let (_channel, mut consumer) = subscribe(conn, state, from).await?;
     info!(pid = state.pid, ?from, "reading syncQ");
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
