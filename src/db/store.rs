@@ -757,6 +757,8 @@ fn to_json(v: ValueRef<'_>) -> Json {
     }
 }
 
+// Here, beside `DbError`, rather than in `error`: the error kinds are the
+// `dbaas-api` crate's, which knows no SQLite; the store classifies its errors.
 impl From<DbError> for Failure {
     /// The kind of what went wrong, under any transaction statement it
     /// happened in; the message names the statement.
