@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use dbaas::http::db::IDEMPOTENCY_KEY;
-use dbaas::rideshare::dbaas_client::{http_client, DbaasClient, Retry};
+use rideshare::dbaas_client::{http_client, DbaasClient, Retry};
 use serde_json::{json, Value};
 
 use crate::common::fake_http::{lost_reply, FakeServer};

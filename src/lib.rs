@@ -1,9 +1,17 @@
 //! RideShare DBaaS: a replicated SQLite service behind RabbitMQ, watched by ZooKeeper.
 //!
 //! # Layout
+//! A Cargo workspace of three crates, layered one way (the compiler refuses
+//! the other): this crate, `dbaas` (the orchestrator and the worker); beneath
+//! it `dbaas-api` (`crates/api`), the DBaaS's public contract and the HTTP
+//! pieces every service shares; beside it `rideshare` (`crates/rideshare`),
+//! the users and rides services, which depend on `dbaas-api` only and so
+//! compile no SQLite, RabbitMQ, Docker or ZooKeeper client.
+//!
 //! Data flows one way: HTTP → `Dispatcher` → AMQP → worker → `RpcWaiter` → HTTP.
 //! - [`http`]: the orchestrator's thin HTTP handlers (parse, call, render); the
-//!   only place an error kind becomes an HTTP status.
+//!   JSON error type (the only place an error kind becomes an HTTP status),
+//!   body reading and the 404/405 answers are `dbaas-api`'s, re-exported here.
 //! - [`actors`]: the orchestrator's actors and their messages: `Dispatcher`,
 //!   `RpcWaiter`, `Election`, `ContainerSupervisor`, `Scaler`; and
 //!   `actors::rpc`, the RPC boundary HTTP reaches them through (typed request,
@@ -13,13 +21,14 @@
 //! - [`worker`]: the worker process: sync stream, read service, election, write service.
 //! - [`broker`]: RabbitMQ queue names, topology, connection and message bodies.
 //! - [`coord`]: ZooKeeper layout, worker records and the election rule.
-//! - [`db`]: the schema, the typed request model, the only SQL, a worker's
-//!   store, and the error kinds requests fail with (on the wire and in the API).
-//! - [`rideshare`]: the users and rides microservices, clients of the DBaaS.
+//! - [`db`]: the only SQL and a worker's store; the schema, the typed request
+//!   model and the error kinds requests fail with (on the wire and in the API)
+//!   are `dbaas-api`'s, re-exported here.
 //! - [`prometheus`]: the orchestrator's Prometheus metrics.
-//! - [`config`]: command-line flags several binaries share.
-//! - [`telemetry`]: logging setup shared by the binaries.
-//! - [`backoff`]: jitter for the reconnecting loops.
+//! - [`config`]: command-line flags several binaries share (the brokers' here,
+//!   the HTTP ones re-exported from `dbaas-api`).
+//! - [`telemetry`]: logging setup shared by the binaries (`dbaas-api`'s).
+//! - [`backoff`]: jitter for the reconnecting loops (`dbaas-api`'s).
 //! - [`shutdown`]: the signals that stop a process gracefully.
 //! - [`tasks`]: the orchestrator's supervised long-lived tasks.
 
@@ -28,7 +37,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod actors;
-pub(crate) mod backoff;
+pub(crate) use dbaas_api::backoff;
 pub mod broker;
 pub mod config;
 pub(crate) mod coord;
@@ -36,9 +45,8 @@ pub mod db;
 pub mod http;
 pub mod orchestrator;
 pub(crate) mod prometheus;
-pub mod rideshare;
 pub(crate) mod runtime;
 pub(crate) mod shutdown;
 pub(crate) mod tasks;
-pub mod telemetry;
+pub use dbaas_api::telemetry;
 pub mod worker;

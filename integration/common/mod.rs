@@ -168,12 +168,25 @@ impl Default for Options {
     }
 }
 
+/// The binary `name` of this build. The orchestrator's and the worker's are
+/// this package's, which cargo builds for its tests; the users and rides
+/// services are the `rideshare` package's, which cargo does not build for
+/// another package's tests: they are looked for beside the orchestrator
+/// (`target/<profile>/`), where `cargo build --workspace --bins` (as
+/// `scripts/test` runs it first) puts them.
 pub fn bin(name: &str) -> PathBuf {
     match name {
         "orchestrator" => PathBuf::from(env!("CARGO_BIN_EXE_orchestrator")),
         "worker" => PathBuf::from(env!("CARGO_BIN_EXE_worker")),
-        "users" => PathBuf::from(env!("CARGO_BIN_EXE_users")),
-        "rides" => PathBuf::from(env!("CARGO_BIN_EXE_rides")),
+        "users" | "rides" => {
+            let path = Path::new(env!("CARGO_BIN_EXE_orchestrator")).with_file_name(name);
+            assert!(
+                path.exists(),
+                "{} is not built: run `cargo build --workspace --bins` (with this test's profile) first",
+                path.display()
+            );
+            path
+        }
         other => panic!("unknown binary {other}"),
     }
 }

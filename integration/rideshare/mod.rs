@@ -2,7 +2,7 @@
 //! (orchestrator, master and slave; `common::rideshare` starts them): what
 //! only the whole system shows. Each status code, 405, validation rule and
 //! the `_count` rules are unit-tested against a fake DBaaS in
-//! `src/rideshare/{users,rides}/tests.rs`; here are the real DBaaS's
+//! `crates/rideshare/src/{users,rides}/tests.rs`; here are the real DBaaS's
 //! answers mapped end to end (its 409s, its time order, its AUTOINCREMENT),
 //! the services calling each other, a user's deletion as one DBaaS write,
 //! and the upstream grader's flows.

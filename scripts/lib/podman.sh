@@ -60,7 +60,7 @@ stop_podman() {
 build_static() {
   log "building static binaries for the images (target $STATIC_TARGET)"
   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet \
-    --target "$STATIC_TARGET" --bin worker --bin orchestrator --bin users --bin rides \
+    --target "$STATIC_TARGET" --workspace --bin worker --bin orchestrator --bin users --bin rides \
     --bin healthcheck
 }
 

@@ -6,9 +6,9 @@
 //! an actor: it is the boundary HTTP calls, which owns a request's lifecycle
 //! (typed request, reply slot, deadline) and the `responseQ` consumer.
 
-pub mod dispatcher;
-pub mod election;
-pub mod rpc;
-pub mod rpc_waiter;
+pub(crate) mod dispatcher;
+pub(crate) mod election;
+pub(crate) mod rpc;
+pub(crate) mod rpc_waiter;
 pub mod scaler;
-pub mod supervisor;
+pub(crate) mod supervisor;

@@ -17,8 +17,8 @@
 //! in turn, starting with the one that worked last.
 
 pub mod dead;
-pub mod link;
-pub mod messages;
+pub(crate) mod link;
+pub(crate) mod messages;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

@@ -13,7 +13,7 @@ use rusqlite::{params_from_iter, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
-use super::error::Constraint;
+use super::error::{Constraint, ErrorKind, Failure};
 use super::request::{ReadRequest, WriteRequest};
 use super::{schema, sql};
 
@@ -757,6 +757,27 @@ fn to_json(v: ValueRef<'_>) -> Json {
     }
 }
 
+// Here, beside `DbError`, rather than in `error`: the error kinds are the
+// `dbaas-api` crate's, which knows no SQLite; the store classifies its errors.
+impl From<DbError> for Failure {
+    /// The kind of what went wrong, under any transaction statement it
+    /// happened in; the message names the statement.
+    fn from(e: DbError) -> Failure {
+        let (kind, constraint) = match e.cause() {
+            DbError::Constraint(rule, _) => (ErrorKind::Constraint, Some(*rule)),
+            DbError::Invalid(_) => (ErrorKind::Invalid, None),
+            DbError::KeyReused(_) => (ErrorKind::KeyReused, None),
+            DbError::Full(_) => (ErrorKind::Full, None),
+            DbError::Internal(_) | DbError::Statement { .. } => (ErrorKind::Internal, None),
+        };
+        Failure {
+            kind,
+            constraint,
+            message: e.to_string(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -778,6 +799,46 @@ mod tests {
             Commit::New(e, o) => (e, o),
             Commit::Duplicate(_) => panic!("expected a new commit"),
         }
+    }
+
+    #[test]
+    fn database_errors_have_their_kind_under_a_transaction_statement() {
+        let f = Failure::from(DbError::Constraint(Constraint::Unique, "UNIQUE".into()));
+        assert_eq!(
+            (f.kind, f.constraint),
+            (ErrorKind::Constraint, Some(Constraint::Unique))
+        );
+        assert_eq!(f.message, "constraint violated: UNIQUE");
+        let f = Failure::from(DbError::Full("database or disk is full".into()));
+        assert_eq!(f.kind, ErrorKind::Full);
+        assert!(f.message.starts_with("out of space"), "{}", f.message);
+        assert_eq!(
+            Failure::from(DbError::Invalid("string or blob too big".into())).kind,
+            ErrorKind::Invalid
+        );
+        assert_eq!(
+            Failure::from(DbError::KeyReused("used".into())).kind,
+            ErrorKind::KeyReused
+        );
+        assert_eq!(
+            Failure::from(DbError::Internal("disk".into())).kind,
+            ErrorKind::Internal
+        );
+        let f = Failure::from(DbError::Statement {
+            index: 2,
+            statement: "insert into ride_members".into(),
+            cause: Box::new(DbError::Constraint(Constraint::ForeignKey, "FK".into())),
+        });
+        assert_eq!(
+            (f.kind, f.constraint),
+            (ErrorKind::Constraint, Some(Constraint::ForeignKey))
+        );
+        assert!(
+            f.message
+                .starts_with("statement 2 of the transaction (insert into ride_members) failed"),
+            "{}",
+            f.message
+        );
     }
 
     #[test]

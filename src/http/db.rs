@@ -12,8 +12,7 @@ use crate::actors::rpc::{Dbaas, WriteId};
 use crate::db::request::parse;
 use crate::db::{ErrorKind, ReadRequest, WriteRequest};
 
-/// Header a client may set so a retried write is applied once.
-pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+pub use dbaas_api::http::IDEMPOTENCY_KEY;
 
 pub async fn read<D: Dbaas>(
     dbaas: web::Data<D>,

@@ -1,15 +1,15 @@
 //! The orchestrator's HTTP API: thin handlers grouped by resource. Every route
 //! answers other methods with a JSON 405, unknown paths with a JSON 404; who
-//! may call which route is [`auth`]'s business.
+//! may call which route is [`auth`]'s business. The JSON error type, body
+//! reading and the 404/405 answers are shared with the RideShare services:
+//! they live in the `dbaas-api` crate and are re-exported here.
 
 pub mod auth;
-pub mod body;
+pub use dbaas_api::http::{body, error, resource};
 pub mod db;
-pub mod error;
-pub mod health;
-pub mod observe;
-pub mod resource;
-pub mod workers;
+pub(crate) mod health;
+pub(crate) mod observe;
+pub(crate) mod workers;
 
 use actix::{Addr, Recipient};
 use actix_web::{web, Route};

@@ -12,6 +12,13 @@ use crate::actors::scaler::{GetScalerStatus, ScalerStatus};
 use crate::actors::supervisor::{Crash, CrashError, GetSupervisorStatus, SupervisorStatus, Target};
 use crate::coord::{Role, StartedFrom};
 
+/// A 500 for an actor that did not take the message (stopped, or its mailbox
+/// closed). Here rather than as a `From` for [`ApiError`]: the error type is
+/// the `dbaas-api` crate's, which knows no actors.
+fn unreachable_actor(e: actix::MailboxError) -> ApiError {
+    ApiError::internal(format!("internal actor unavailable: {e}"))
+}
+
 pub async fn crash_master(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     crash(&state, Target::Master).await
 }
@@ -21,7 +28,12 @@ pub async fn crash_slave(state: web::Data<AppState>) -> Result<HttpResponse, Api
 }
 
 async fn crash(state: &AppState, target: Target) -> Result<HttpResponse, ApiError> {
-    match state.supervisor.send(Crash(target)).await? {
+    match state
+        .supervisor
+        .send(Crash(target))
+        .await
+        .map_err(unreachable_actor)?
+    {
         Ok(pid) => Ok(HttpResponse::Ok().json([pid.to_string()])),
         Err(e @ CrashError::NoTarget(_)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
         Err(e) => Err(ApiError::internal(e.to_string())),
@@ -29,7 +41,11 @@ async fn crash(state: &AppState, target: Target) -> Result<HttpResponse, ApiErro
 }
 
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let membership = state.election.send(GetMembership).await?;
+    let membership = state
+        .election
+        .send(GetMembership)
+        .await
+        .map_err(unreachable_actor)?;
     let pids: Vec<u32> = membership.pids().into_iter().collect();
     Ok(HttpResponse::Ok().json(pids))
 }
@@ -64,7 +80,11 @@ struct Status {
 }
 
 pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let membership = state.election.send(GetMembership).await?;
+    let membership = state
+        .election
+        .send(GetMembership)
+        .await
+        .map_err(unreachable_actor)?;
     let master = membership.master_pid();
     let now = chrono::Utc::now().timestamp_millis();
     let workers = membership
@@ -89,13 +109,27 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         master,
         epoch: membership.master.map(|m| m.epoch),
         workers,
-        supervisor: state.supervisor.send(GetSupervisorStatus).await?,
-        scaler: state.scaler.send(GetScalerStatus).await?,
+        supervisor: state
+            .supervisor
+            .send(GetSupervisorStatus)
+            .await
+            .map_err(unreachable_actor)?,
+        scaler: state
+            .scaler
+            .send(GetScalerStatus)
+            .await
+            .map_err(unreachable_actor)?,
         dead_writes: *state.dead_writes.borrow(),
         tasks: state.tasks.snapshot(),
     }))
 }
 
 pub async fn scaler(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.scaler.send(GetScalerStatus).await?))
+    Ok(HttpResponse::Ok().json(
+        state
+            .scaler
+            .send(GetScalerStatus)
+            .await
+            .map_err(unreachable_actor)?,
+    ))
 }

@@ -8,15 +8,15 @@
 //! invariant ends the process (crash-only): the orchestrator's supervisor
 //! starts a replica in its place, which resumes this slot's copy when it can.
 
-pub mod election;
-pub mod fence;
-pub mod marks;
-pub mod reads;
-pub mod replica;
-pub mod slot;
+pub(crate) mod election;
+pub(crate) mod fence;
+pub(crate) mod marks;
+pub(crate) mod reads;
+pub(crate) mod replica;
+pub(crate) mod slot;
 pub mod snapshot;
-pub mod sync;
-pub mod writes;
+pub(crate) mod sync;
+pub(crate) mod writes;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

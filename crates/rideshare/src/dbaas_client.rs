@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 
 use super::error::ApiError;
-pub use crate::db::{Constraint, ErrorKind};
+pub use dbaas_api::db::{Constraint, ErrorKind};
 
 /// Why a DBaaS call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -164,7 +164,7 @@ pub struct StatementOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retry {
     /// The pause after the first failed attempt; it doubles after each
-    /// attempt, up to `max_delay`, and [`crate::backoff::jitter`] spreads it.
+    /// attempt, up to `max_delay`, and [`dbaas_api::backoff::jitter`] spreads it.
     pub first_delay: Duration,
     pub max_delay: Duration,
     /// The most one attempt may take.
@@ -209,7 +209,7 @@ pub struct DbaasClient {
     seq: Arc<AtomicU64>,
     retry: Retry,
     /// Sent as `Authorization: Bearer` with every call (a `data` token).
-    token: Option<crate::config::Secret>,
+    token: Option<dbaas_api::config::Secret>,
 }
 
 /// An HTTP client with a total timeout per request (and a shorter connect timeout).
@@ -234,7 +234,7 @@ impl DbaasClient {
     }
 
     /// This client sending `token` (the DBaaS's `data` scope is enough) with every call.
-    pub fn with_token(mut self, token: Option<crate::config::Secret>) -> DbaasClient {
+    pub fn with_token(mut self, token: Option<dbaas_api::config::Secret>) -> DbaasClient {
         self.token = token;
         self
     }
@@ -359,7 +359,7 @@ impl DbaasClient {
                 Err(DbError::Unavailable(why)) => why,
                 answered => return answered,
             };
-            let pause = crate::backoff::jitter(delay);
+            let pause = dbaas_api::backoff::jitter(delay);
             if started.elapsed() + pause >= self.retry.budget {
                 return Err(DbError::Unavailable(format!(
                     "{why} (tried {attempts} times in {:?})",
@@ -384,7 +384,7 @@ impl DbaasClient {
         let url = format!("{}/api/v1/db/{op}", self.base);
         let mut request = self.http.post(&url).json(body).timeout(timeout);
         if let Some(key) = key {
-            request = request.header(crate::http::db::IDEMPOTENCY_KEY, key);
+            request = request.header(dbaas_api::http::IDEMPOTENCY_KEY, key);
         }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.expose());
@@ -513,7 +513,7 @@ mod tests {
     ) -> actix_web::HttpResponse {
         let key = req
             .headers()
-            .get(crate::http::db::IDEMPOTENCY_KEY)
+            .get(dbaas_api::http::IDEMPOTENCY_KEY)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let n = {

@@ -28,7 +28,7 @@ pub struct Config {
     /// Listen address, e.g. `127.0.0.1:8002`.
     pub bind: String,
     /// Client timeouts and the connection cap of its HTTP server.
-    pub http: crate::config::HttpLimits,
+    pub http: dbaas_api::config::HttpLimits,
     /// The DBaaS orchestrator's base URL.
     pub dbaas_url: String,
     /// Base URL of the users API (the load balancer in production).
@@ -39,7 +39,7 @@ pub struct Config {
     /// [`super::dbaas_client::Retry`]).
     pub retry_budget: Duration,
     /// The DBaaS `data` token sent with every call (None: an open DBaaS).
-    pub dbaas_token: Option<crate::config::Secret>,
+    pub dbaas_token: Option<dbaas_api::config::Secret>,
     /// Timeout of each call to the DBaaS and the users service.
     pub timeout: Duration,
 }

@@ -4,7 +4,7 @@
 //! [`FakeDbaas`] keeps the three RideShare tables and answers the JSON the
 //! real DBaaS gets (a `where` of equalities and comparisons, `order_by`,
 //! `columns`, `count`; `insert`, `delete`, `clear`, `transaction`) with the
-//! schema's rules (`src/db/schema.rs`): usernames unique (case-sensitive),
+//! schema's rules (`crates/api/src/db/schema.rs`): usernames unique (case-sensitive),
 //! ride ids that are never reused, a ride's members unique, naming a ride,
 //! and deleted with it; a transaction applies all or nothing. It records
 //! every call and can be told to fail reads or writes. [`FakeUsers`] answers
@@ -18,10 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::{json, Map, Value as Json};
 
 use super::{Store, UserDirectory};
-use crate::rideshare::dbaas_client::{
-    Constraint, DbError, Read, Row, StatementOutcome, Write, WriteOutcome,
-};
-use crate::rideshare::error::ApiError;
+use crate::dbaas_client::{Constraint, DbError, Read, Row, StatementOutcome, Write, WriteOutcome};
+use crate::error::ApiError;
 
 /// The error the DBaaS gives for a duplicate key.
 pub fn unique_violation(columns: &str) -> DbError {

@@ -1,4 +1,4 @@
-//! The rides service binary: flags and env, logging, then [`dbaas::rideshare::rides::run`].
+//! The rides service binary: flags and env, logging, then [`rideshare::rides::run`].
 
 // Nothing from the network or the user may panic the service: no unwrap or
 // expect outside tests (tests use them to fail loudly).
@@ -13,9 +13,9 @@ struct Args {
     #[arg(long, env = "RIDES_BIND", default_value = "127.0.0.1:8002")]
     bind: String,
     #[command(flatten)]
-    dbaas: dbaas::config::DbaasClientArgs,
+    dbaas: dbaas_api::config::DbaasClientArgs,
     #[command(flatten)]
-    http: dbaas::config::HttpServerArgs,
+    http: dbaas_api::config::HttpServerArgs,
     /// Base URL of the users API: the load balancer.
     #[arg(long, env = "USERS_URL", default_value = "http://127.0.0.1:8080")]
     users_url: String,
@@ -27,10 +27,10 @@ struct Args {
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
-    dbaas::telemetry::init();
+    dbaas_api::telemetry::init();
     let a = Args::parse();
     let origin = a.origin.unwrap_or_else(|| format!("http://{}", a.bind));
-    dbaas::rideshare::rides::run(dbaas::rideshare::rides::Config {
+    rideshare::rides::run(rideshare::rides::Config {
         bind: a.bind,
         http: a.http.limits(),
         dbaas_url: a.dbaas.dbaas_url.clone(),

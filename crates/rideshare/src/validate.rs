@@ -106,9 +106,9 @@ pub fn required_string(fields: &Fields, name: &str) -> Result<String, Invalid> {
 }
 
 /// A username: a non-empty string of at most the DBaaS's longest value
-/// ([`MAX_TEXT`](crate::db::request::limits::MAX_TEXT) bytes).
+/// ([`MAX_TEXT`](dbaas_api::db::request::limits::MAX_TEXT) bytes).
 pub fn username(fields: &Fields, name: &str) -> Result<String, Invalid> {
-    use crate::db::request::limits::MAX_TEXT;
+    use dbaas_api::db::request::limits::MAX_TEXT;
     let s = required_string(fields, name)?;
     if s.len() > MAX_TEXT {
         return invalid(format!(
@@ -282,7 +282,7 @@ mod tests {
         for k in ["e", "n", "z", "missing"] {
             assert!(username(&f, k).is_err(), "{k} accepted");
         }
-        let longest = "x".repeat(crate::db::request::limits::MAX_TEXT);
+        let longest = "x".repeat(dbaas_api::db::request::limits::MAX_TEXT);
         let f = fields(json!({ "u": longest, "v": "x".repeat(100_000) }));
         assert_eq!(username(&f, "u").unwrap().len(), 4096);
         let e = username(&f, "v").unwrap_err();

@@ -7,8 +7,8 @@ use serde_json::Value as Json;
 
 use super::error::ApiError;
 use super::validate::Fields;
-use crate::config::HttpLimits;
-use crate::http::body::BodyError;
+use dbaas_api::config::HttpLimits;
+use dbaas_api::http::body::BodyError;
 
 /// The largest request body accepted; larger ones get a clean 400.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -17,14 +17,14 @@ pub const MAX_BODY: usize = 256 * 1024;
 /// `application/x-www-form-urlencoded`, as a JSON object otherwise. An empty
 /// body is an empty object (so a missing field is reported by name).
 pub async fn read_fields(req: &HttpRequest, payload: web::Payload) -> Result<Fields, ApiError> {
-    let timeout = crate::http::body::timeout_of(req);
-    let body = crate::http::body::read_limited(req, payload, MAX_BODY, timeout)
+    let timeout = dbaas_api::http::body::timeout_of(req);
+    let body = dbaas_api::http::body::read_limited(req, payload, MAX_BODY, timeout)
         .await
         .map_err(|e| match e {
             BodyError::TooLarge => {
                 ApiError::bad_request(format!("body larger than {MAX_BODY} bytes"))
             }
-            e @ BodyError::TimedOut(_) => crate::http::body::timed_out(e),
+            e @ BodyError::TimedOut(_) => dbaas_api::http::body::timed_out(e),
             BodyError::Broken(e) => ApiError::bad_request(format!("reading body: {e}")),
         })?;
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -68,7 +68,7 @@ pub fn empty(status: actix_web::http::StatusCode) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({}))
 }
 
-pub use crate::http::resource::{method_not_allowed, not_found, resource};
+pub use dbaas_api::http::resource::{not_found, resource};
 
 /// Serves a RideShare service until SIGINT/SIGTERM: its state, a fresh
 /// `_count` counter, request logging and its routes, within `limits`.

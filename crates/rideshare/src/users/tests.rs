@@ -9,11 +9,11 @@ use actix_web::{test, web, App};
 use serde_json::{json, Value as Json};
 
 use super::{routes, State};
-use crate::db::request::limits::MAX_TEXT;
-use crate::rideshare::counter::Counter;
-use crate::rideshare::store::fake::{no_answer, refused, FakeDbaas};
-use crate::rideshare::store::Store;
-use crate::rideshare::test_support::{call, counter, get, Body, PASSWORD};
+use crate::counter::Counter;
+use crate::store::fake::{no_answer, refused, FakeDbaas};
+use crate::store::Store;
+use crate::test_support::{call, counter, get, Body, PASSWORD};
+use dbaas_api::db::request::limits::MAX_TEXT;
 
 /// The users service's routes on `db`, counting in `counter`.
 async fn users_on(

@@ -92,12 +92,6 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<actix::MailboxError> for ApiError {
-    fn from(e: actix::MailboxError) -> Self {
-        ApiError::internal(format!("internal actor unavailable: {e}"))
-    }
-}
-
 impl From<crate::db::RequestError> for ApiError {
     fn from(e: crate::db::RequestError) -> Self {
         ApiError::bad_request(e.0).with_kind(ErrorKind::BadRequest)

@@ -4,11 +4,10 @@
 //! (`crate::http::error`), and clients of the API match on the kind that the
 //! JSON error carries (`{"error": "...", "kind": "constraint", "constraint":
 //! "foreign_key"}`) rather than on SQLite's text. Nothing here depends on
-//! SQLite (the store classifies its errors), so API clients can share it.
+//! SQLite (the store, in the `dbaas` crate, classifies its errors and turns
+//! them into a [`Failure`]), so API clients can share it.
 
 use serde::{Deserialize, Serialize};
-
-use super::DbError;
 
 /// Why a request failed, in terms a client can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -80,68 +79,9 @@ impl Failure {
     }
 }
 
-impl From<DbError> for Failure {
-    /// The kind of what went wrong, under any transaction statement it
-    /// happened in; the message names the statement.
-    fn from(e: DbError) -> Failure {
-        let (kind, constraint) = match e.cause() {
-            DbError::Constraint(rule, _) => (ErrorKind::Constraint, Some(*rule)),
-            DbError::Invalid(_) => (ErrorKind::Invalid, None),
-            DbError::KeyReused(_) => (ErrorKind::KeyReused, None),
-            DbError::Full(_) => (ErrorKind::Full, None),
-            DbError::Internal(_) | DbError::Statement { .. } => (ErrorKind::Internal, None),
-        };
-        Failure {
-            kind,
-            constraint,
-            message: e.to_string(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn database_errors_have_their_kind_under_a_transaction_statement() {
-        let f = Failure::from(DbError::Constraint(Constraint::Unique, "UNIQUE".into()));
-        assert_eq!(
-            (f.kind, f.constraint),
-            (ErrorKind::Constraint, Some(Constraint::Unique))
-        );
-        assert_eq!(f.message, "constraint violated: UNIQUE");
-        let f = Failure::from(DbError::Full("database or disk is full".into()));
-        assert_eq!(f.kind, ErrorKind::Full);
-        assert!(f.message.starts_with("out of space"), "{}", f.message);
-        assert_eq!(
-            Failure::from(DbError::Invalid("string or blob too big".into())).kind,
-            ErrorKind::Invalid
-        );
-        assert_eq!(
-            Failure::from(DbError::KeyReused("used".into())).kind,
-            ErrorKind::KeyReused
-        );
-        assert_eq!(
-            Failure::from(DbError::Internal("disk".into())).kind,
-            ErrorKind::Internal
-        );
-        let f = Failure::from(DbError::Statement {
-            index: 2,
-            statement: "insert into ride_members".into(),
-            cause: Box::new(DbError::Constraint(Constraint::ForeignKey, "FK".into())),
-        });
-        assert_eq!(
-            (f.kind, f.constraint),
-            (ErrorKind::Constraint, Some(Constraint::ForeignKey))
-        );
-        assert!(
-            f.message
-                .starts_with("statement 2 of the transaction (insert into ride_members) failed"),
-            "{}",
-            f.message
-        );
-    }
 
     #[test]
     fn a_failure_is_json_with_snake_case_kinds() {

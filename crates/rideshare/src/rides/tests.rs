@@ -12,13 +12,11 @@ use chrono::{Duration, Local};
 use serde_json::{json, Value as Json};
 
 use super::{routes, State};
-use crate::rideshare::counter::Counter;
-use crate::rideshare::store::fake::{
-    foreign_key_violation, no_answer, refused, FakeDbaas, FakeUsers,
-};
-use crate::rideshare::store::Store;
-use crate::rideshare::test_support::{call, counter, get, Body};
-use crate::rideshare::validate::{format_timestamp, to_db_timestamp};
+use crate::counter::Counter;
+use crate::store::fake::{foreign_key_violation, no_answer, refused, FakeDbaas, FakeUsers};
+use crate::store::Store;
+use crate::test_support::{call, counter, get, Body};
+use crate::validate::{format_timestamp, to_db_timestamp};
 
 /// The rides service's routes on `db` and `users`, counting in `counter`.
 async fn rides_on(
@@ -215,7 +213,7 @@ async fn upcoming_rides_are_listed_soonest_first_without_past_ones() {
     let stored = db.rows("rides");
     let api = |i: usize| {
         let at = stored[i]["timestamp"].as_str().expect("stored timestamp");
-        crate::rideshare::validate::db_to_api_timestamp(at)
+        crate::validate::db_to_api_timestamp(at)
     };
     assert_eq!(
         r.json,
@@ -257,7 +255,7 @@ async fn details_name_who_joined_sorted_without_the_creator() {
     r.expect(200, "details");
     let at = db.rows("rides")[0]["timestamp"]
         .as_str()
-        .map(crate::rideshare::validate::db_to_api_timestamp);
+        .map(crate::validate::db_to_api_timestamp);
     assert_eq!(
         r.json,
         json!({

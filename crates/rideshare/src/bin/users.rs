@@ -1,4 +1,4 @@
-//! The users service binary: flags and env, logging, then [`dbaas::rideshare::users::run`].
+//! The users service binary: flags and env, logging, then [`rideshare::users::run`].
 
 // Nothing from the network or the user may panic the service: no unwrap or
 // expect outside tests (tests use them to fail loudly).
@@ -13,16 +13,16 @@ struct Args {
     #[arg(long, env = "USERS_BIND", default_value = "127.0.0.1:8001")]
     bind: String,
     #[command(flatten)]
-    dbaas: dbaas::config::DbaasClientArgs,
+    dbaas: dbaas_api::config::DbaasClientArgs,
     #[command(flatten)]
-    http: dbaas::config::HttpServerArgs,
+    http: dbaas_api::config::HttpServerArgs,
 }
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
-    dbaas::telemetry::init();
+    dbaas_api::telemetry::init();
     let a = Args::parse();
-    dbaas::rideshare::users::run(dbaas::rideshare::users::Config {
+    rideshare::users::run(rideshare::users::Config {
         bind: a.bind,
         http: a.http.limits(),
         dbaas_url: a.dbaas.dbaas_url.clone(),

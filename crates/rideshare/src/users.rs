@@ -21,14 +21,14 @@ pub struct Config {
     /// Listen address, e.g. `127.0.0.1:8001`.
     pub bind: String,
     /// Client timeouts and the connection cap of its HTTP server.
-    pub http: crate::config::HttpLimits,
+    pub http: dbaas_api::config::HttpLimits,
     /// The DBaaS orchestrator's base URL.
     pub dbaas_url: String,
     /// How long a DBaaS call without an answer is retried in all (see
     /// [`super::dbaas_client::Retry`]).
     pub retry_budget: Duration,
     /// The DBaaS `data` token sent with every call (None: an open DBaaS).
-    pub dbaas_token: Option<crate::config::Secret>,
+    pub dbaas_token: Option<dbaas_api::config::Secret>,
     /// Timeout of each call to the DBaaS.
     pub timeout: Duration,
 }
