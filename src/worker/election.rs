@@ -31,7 +31,7 @@ pub async fn register(client: &zk::Client, state: &WorkerState) -> anyhow::Resul
 fn info(state: &WorkerState) -> WorkerInfo {
     WorkerInfo {
         pid: state.pid,
-        role: *state.role.borrow(),
+        role: state.role.get(),
         seq: state.replica.seq(),
         epoch: state.epoch.load(std::sync::atomic::Ordering::Relaxed),
         started_at_ms: state.started_at_ms,

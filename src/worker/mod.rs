@@ -13,6 +13,7 @@ pub(crate) mod fence;
 pub(crate) mod marks;
 pub(crate) mod reads;
 pub(crate) mod replica;
+pub(crate) mod role;
 pub(crate) mod slot;
 pub mod snapshot;
 pub(crate) mod sync;
@@ -65,7 +66,8 @@ pub enum CatchUp {
 pub struct WorkerState {
     pub pid: u32,
     pub replica: Replica,
-    pub role: Arc<watch::Sender<Role>>,
+    /// Advanced only by `run` and `serve` ([`role`]).
+    pub role: Arc<role::RoleCell>,
     /// The markers and barriers read back from `syncQ`.
     pub marks_seen: Arc<marks::Marks>,
     /// The epoch this worker leads in (0 while a slave).
@@ -102,7 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         slot: slot.index,
         start,
         replica: Replica::new(store)?,
-        role: Arc::new(watch::channel(Role::Joining).0),
+        role: Arc::new(role::RoleCell::default()),
         marks_seen: Arc::new(marks::Marks::default()),
         epoch: Arc::new(AtomicU64::new(0)),
         stream_next: Arc::new(AtomicU64::new(0)),
@@ -163,12 +165,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // the log where it stopped. A master does not: its copy may hold
         // commits the broker never confirmed, so it ends (its copy is not
         // resumed) and a slave takes over. Anything else is crash-only too.
-        let role = *state.role.borrow();
+        let role = state.role.get();
         if conn.status().connected() || !matches!(role, Role::Joining | Role::Slave) {
             break Err(ended);
         }
         warn!(pid, error = %ended, offset = state.stream_next.load(Ordering::SeqCst), "lost RabbitMQ: reconnecting, then resuming syncQ where this copy stopped");
-        state.role.send_replace(Role::Joining);
+        if let Err(e) = state.role.advance(Role::Joining) {
+            break Err(e);
+        }
         conn = match broker::open(&config.amqp_url, &format!("worker-{pid}"), PATIENCE).await {
             Ok(conn) => conn,
             Err(e) => break Err(e.context("RabbitMQ did not come back")),
@@ -313,7 +317,7 @@ async fn close_copy(state: &WorkerState) {
     }
     // Promoting: nothing of its own committed yet. Master: clean once every
     // commit is confirmed (the write service has stopped taking more).
-    let role = *state.role.borrow();
+    let role = state.role.get();
     let clean = match role {
         Role::Promoting => true,
         Role::Master => *state.confirmed.borrow() >= state.replica.seq(),
@@ -360,7 +364,7 @@ async fn serve(
         nonce: uuid::Uuid::new_v4().to_string(),
     };
     read_back(conn, &state, marker).await?;
-    state.role.send_replace(Role::Slave);
+    state.role.advance(Role::Slave)?;
     info!(pid = state.pid, seq = state.replica.seq(), took = ?started.elapsed(), "caught up: serving reads");
     // Every consumer is owned here: one that ends (its channel or the
     // connection closed) ends the worker, crash-only, and the worker that
@@ -377,7 +381,7 @@ async fn serve(
     // syncQ: a restart must not resume it as a prefix of the log.
     state.replica.record_leading(epoch).await?;
     state.epoch.store(epoch, Ordering::Relaxed);
-    state.role.send_replace(Role::Promoting);
+    state.role.advance(Role::Promoting)?;
     // Unacked reads go back to readQ for the slaves.
     let _ = reads.channel.close(200, "promoted to master".into()).await;
     let barrier = SyncMessage::Barrier {
@@ -386,7 +390,7 @@ async fn serve(
         nonce: uuid::Uuid::new_v4().to_string(),
     };
     read_back(conn, &state, barrier).await?;
-    state.role.send_replace(Role::Master);
+    state.role.advance(Role::Master)?;
     info!(
         pid = state.pid,
         epoch,

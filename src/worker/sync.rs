@@ -132,7 +132,7 @@ async fn consume(
             }
             SyncMessage::Barrier { epoch, pid, nonce } => {
                 let current = state.replica.epoch().await.unwrap_or(0);
-                let role = *state.role.borrow();
+                let role = state.role.get();
                 if superseded_by(state.pid, role, current, pid, epoch) {
                     return Err(SyncStop::Superseded { pid, epoch });
                 }

@@ -225,7 +225,7 @@ impl Consumer {
     }
 
     async fn on(channel: Channel, state: &WorkerState) -> anyhow::Result<Consumer> {
-        let priority = priority(*state.role.borrow());
+        let priority = priority(state.role.get());
         let mut args = FieldTable::default();
         args.insert("x-priority".into(), AMQPValue::LongInt(priority));
         let tag = format!("snapshot-{}-{}", state.pid, uuid::Uuid::new_v4().simple());
@@ -302,7 +302,7 @@ async fn answer(
         .map(|c| c.to_string())
         .unwrap_or_default();
     let mut reply = Reply::new(channel, to, id);
-    let role = *state.role.borrow();
+    let role = state.role.get();
     if matches!(role, Role::Master | Role::Promoting) {
         match alone(channel).await {
             Ok(true) => {}
@@ -395,7 +395,7 @@ async fn serve_one(
 /// worker not yet master then held nothing but the log (the master's
 /// confirmed seq starts at what it read from the log).
 async fn confirmed(state: &WorkerState, seq: u64) -> anyhow::Result<()> {
-    if *state.role.borrow() != Role::Master {
+    if state.role.get() != Role::Master {
         return Ok(());
     }
     let mut confirmed = state.confirmed.subscribe();
