@@ -76,7 +76,10 @@ mod tests {
         let role = RoleCell::default();
         assert_eq!(role.get(), Joining);
         assert!(role.advance(Master).is_err(), "a joiner cannot lead");
-        assert!(role.advance(Promoting).is_err(), "a joiner cannot run for master");
+        assert!(
+            role.advance(Promoting).is_err(),
+            "a joiner cannot run for master"
+        );
         role.advance(Slave).expect("caught up");
         assert!(role.advance(Master).is_err(), "a slave must promote first");
         role.advance(Promoting).expect("won");
@@ -86,7 +89,12 @@ mod tests {
 
     #[test]
     fn only_replicas_go_back_to_joining() {
-        for (from, back) in [(Joining, true), (Slave, true), (Promoting, false), (Master, false)] {
+        for (from, back) in [
+            (Joining, true),
+            (Slave, true),
+            (Promoting, false),
+            (Master, false),
+        ] {
             assert_eq!(allowed(from, Joining), back, "{from:?}");
         }
         let role = RoleCell::default();

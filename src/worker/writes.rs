@@ -23,19 +23,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
-use lapin::PublisherConfirm;
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 mod answer;
+mod lapin_outbox;
 mod quarantine;
 
 use super::fence::Fence;
@@ -43,7 +40,8 @@ use super::WorkerState;
 use crate::broker::messages::{Reply, SyncMessage, WriteMessage};
 use crate::broker::{self, dead, SYNC_Q, WRITE_Q};
 use crate::db::{Commit, DbError, Failure};
-use answer::{Committed, Outbox};
+use answer::Committed;
+use lapin_outbox::{confirmation, LapinOutbox};
 use quarantine::Verdict;
 
 /// Writes committed together at most.
@@ -248,36 +246,6 @@ fn reply_for(result: Option<Result<Commit, DbError>>) -> Reply {
         }
         Some(Err(e)) => Reply::Error(e.into()),
         None => Reply::Error(Failure::internal("missing batch result")),
-    }
-}
-
-/// The broker's answer to a publish, as the answering rule sees it.
-fn confirmation(publish: PublisherConfirm) -> answer::Confirm {
-    Box::pin(async move { Ok(publish.await?.is_ack()) })
-}
-
-/// Replies and acks through lapin: replies on their own channel, acks on the
-/// channel each delivery came on.
-struct LapinOutbox(Channel);
-
-impl Outbox for LapinOutbox {
-    type Delivery = Delivery;
-
-    fn reply<'a>(
-        &'a self,
-        delivery: &'a Delivery,
-        reply: &'a Reply,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        let request_id = broker::request_id(&delivery.properties).unwrap_or_default();
-        debug!(request_id, "write answered");
-        Box::pin(broker::reply(&self.0, &delivery.properties, reply))
-    }
-
-    fn ack_through<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            delivery.ack(BasicAckOptions { multiple: true }).await?;
-            Ok(())
-        })
     }
 }
 
