@@ -109,36 +109,55 @@ async fn run(
     }
 }
 
+/// A fake authority for the tests of the fence and of what it guards.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fake {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    use futures_util::future::BoxFuture;
     use tokio::sync::Notify;
 
-    /// Counts checks; a check waits for `go` when gated; fails once `deposed` is set.
+    use super::{Authority, Deposed};
+
+    /// Counts checks; a check waits for `gate` when there is one; fails once
+    /// `deposed` is set.
     #[derive(Clone, Default)]
-    struct Fake {
-        checks: Arc<AtomicUsize>,
-        deposed: Arc<AtomicBool>,
-        gate: Option<Arc<Notify>>,
+    pub(crate) struct FakeAuthority {
+        pub checks: Arc<AtomicUsize>,
+        pub deposed: Arc<AtomicBool>,
+        pub gate: Option<Arc<Notify>>,
     }
 
-    impl Authority for Fake {
-        fn still_master(&self) -> futures_util::future::BoxFuture<'_, Result<(), Deposed>> {
+    impl FakeAuthority {
+        /// Why a check fails once deposed.
+        pub const REASON: &'static str = "taken by another master";
+    }
+
+    impl Authority for FakeAuthority {
+        fn still_master(&self) -> BoxFuture<'_, Result<(), Deposed>> {
             Box::pin(async move {
                 self.checks.fetch_add(1, Ordering::SeqCst);
                 if let Some(g) = &self.gate {
                     g.notified().await;
                 }
                 if self.deposed.load(Ordering::SeqCst) {
-                    Err("taken".into())
+                    Err(Self::REASON.into())
                 } else {
                     Ok(())
                 }
             })
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeAuthority as Fake;
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use tokio::sync::Notify;
 
     #[tokio::test]
     async fn callers_waiting_together_share_one_check() {
@@ -185,8 +204,8 @@ mod tests {
         let fence = Fence::start(fake.clone());
         assert_eq!(fence.check().await, Ok(()));
         fake.deposed.store(true, Ordering::SeqCst);
-        assert_eq!(fence.check().await, Err("taken".to_string()));
-        assert_eq!(fence.deposed().await, "taken");
+        assert_eq!(fence.check().await, Err(Fake::REASON.to_string()));
+        assert_eq!(fence.deposed().await, Fake::REASON);
         // Even if ZooKeeper would say yes again, the term is over.
         fake.deposed.store(false, Ordering::SeqCst);
         assert!(fence.check().await.is_err());

@@ -191,28 +191,8 @@ async fn answer(state: &WorkerState, message: ReadMessage, read_wait: Duration) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::fence::{Authority, Deposed};
-    use futures_util::future::BoxFuture;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-
-    #[derive(Clone, Default)]
-    struct Term {
-        deposed: Arc<AtomicBool>,
-    }
-
-    impl Authority for Term {
-        fn still_master(&self) -> BoxFuture<'_, Result<(), Deposed>> {
-            let deposed = self.deposed.load(Ordering::SeqCst);
-            Box::pin(async move {
-                if deposed {
-                    Err("another master".into())
-                } else {
-                    Ok(())
-                }
-            })
-        }
-    }
+    use crate::worker::fence::fake::FakeAuthority as Term;
+    use std::sync::atomic::Ordering;
 
     fn gate(acked: u64) -> (MasterGate, watch::Sender<u64>, Term) {
         let (tx, rx) = watch::channel(acked);
@@ -254,7 +234,7 @@ mod tests {
         term.deposed.store(true, Ordering::SeqCst);
         assert_eq!(
             gate.vouch(9, Duration::from_secs(1)).await,
-            Err("another master".to_string())
+            Err(Term::REASON.to_string())
         );
     }
 }

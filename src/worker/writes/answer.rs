@@ -128,8 +128,8 @@ pub async fn run<O: Outbox>(
 mod tests {
     use super::*;
     use crate::db::Failure;
-    use crate::worker::fence::{Authority, Deposed};
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use crate::worker::fence::fake::FakeAuthority as Term;
+    use std::sync::atomic::Ordering;
     use std::sync::Mutex;
     use tokio::sync::oneshot;
 
@@ -165,24 +165,6 @@ mod tests {
                     .map_err(|_| anyhow::anyhow!("poisoned"))?
                     .push(format!("ack {d}"));
                 Ok(())
-            })
-        }
-    }
-
-    #[derive(Clone, Default)]
-    struct Term {
-        deposed: Arc<AtomicBool>,
-    }
-
-    impl Authority for Term {
-        fn still_master(&self) -> BoxFuture<'_, Result<(), Deposed>> {
-            let deposed = self.deposed.load(Ordering::SeqCst);
-            Box::pin(async move {
-                if deposed {
-                    Err("another master".into())
-                } else {
-                    Ok(())
-                }
             })
         }
     }
