@@ -17,30 +17,35 @@
 //! not applied: it is published to `writeQ.dead` (confirmed with the batch's
 //! `syncQ` entries) and answered with an error in its place in the batch.
 //!
-//! The answering rule itself is I/O-free in [`answer`] (unit-tested with
-//! fakes); this file is the lapin side: consuming, committing, publishing.
+//! Both rules are I/O-free and unit-tested with fakes: how deliveries become
+//! batches in [`intake`], how batches are answered in [`answer`]. Their lapin
+//! sides are `lapin_inbox` and `lapin_outbox`; this file wires them and
+//! commits and publishes a batch.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::future::BoxFuture;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 mod answer;
+mod intake;
+mod lapin_inbox;
 mod lapin_outbox;
 mod quarantine;
 
 use super::fence::Fence;
 use super::WorkerState;
 use crate::broker::messages::{Reply, SyncMessage, WriteMessage};
-use crate::broker::{self, dead, SYNC_Q, WRITE_Q};
+use crate::broker::{self, dead, SYNC_Q};
 use crate::db::{Commit, DbError, Failure};
 use answer::Committed;
+use intake::{Committer, Stopped};
+use lapin_inbox::LapinInbox;
 use lapin_outbox::{confirmation, LapinOutbox};
 use quarantine::Verdict;
 
@@ -75,82 +80,46 @@ pub async fn run(
         CONFIRM_PATIENCE,
     ));
     let limit = dead::write_delivery_limit();
-
-    // One at a time while the deliveries are suspects: a write that kills this
-    // master takes nothing else back to writeQ with it. The channel stays open
-    // (dropping it would close it) until its last delivery is acked.
-    let careful = broker::consumer_channel(conn, 1).await?;
-    let mut one_by_one = careful
-        .basic_consume(
-            WRITE_Q.into(),
-            format!("writes-{}-careful", state.pid).into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    loop {
-        let delivery = tokio::select! {
-            biased;
-            ended = &mut answering => return Err(answering_ended(ended)),
-            next = one_by_one.next() => next,
-        };
-        let Some(delivery) = delivery else {
-            return Err(anyhow::anyhow!("writeQ consumer ended"));
-        };
-        let delivery = delivery?;
-        let count = dead::delivery_count(&delivery.properties);
-        let verdict = quarantine::verdict(count, limit);
-        if verdict == Verdict::Apply {
-            // Not a suspect: no further delivery comes to this consumer (the
-            // one in hand is still answered and acked on its channel).
-            careful
-                .basic_cancel(one_by_one.tag(), BasicCancelOptions::default())
-                .await?;
-        } else if verdict == Verdict::Suspect {
-            info!(
-                count,
-                "a write that came back unanswered: applying it alone"
-            );
-        }
-        let batch = commit_and_publish(&state, &sync, epoch, limit, vec![delivery]).await?;
-        if committed.send(batch).await.is_err() {
-            return Err(answering_ended(answering.await));
-        }
-        if verdict == Verdict::Apply {
-            break;
-        }
+    let mut inbox = LapinInbox::open(conn, state.pid).await?;
+    let mut log = LapinCommitter {
+        state,
+        sync,
+        epoch,
+        limit,
+    };
+    let stopped = tokio::select! {
+        biased;
+        ended = &mut answering => return Err(answering_ended(ended)),
+        stopped = intake::run(&mut inbox, &mut log, &committed, limit) => stopped,
+    };
+    match stopped {
+        Stopped::AnsweringEnded => Err(answering_ended(answering.await)),
+        Stopped::Failed(e) => Err(e),
     }
+}
 
-    let channel = broker::consumer_channel(conn, (MAX_BATCH * IN_FLIGHT) as u16).await?;
-    let mut consumer = channel
-        .basic_consume(
-            WRITE_Q.into(),
-            format!("writes-{}", state.pid).into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    loop {
-        let first = tokio::select! {
-            biased;
-            ended = &mut answering => return Err(answering_ended(ended)),
-            first = consumer.next() => first,
-        };
-        let Some(first) = first else { break };
-        let mut deliveries = vec![first?];
-        while deliveries.len() < MAX_BATCH {
-            match consumer.next().now_or_never() {
-                Some(Some(delivery)) => deliveries.push(delivery?),
-                _ => break,
-            }
-        }
-        let batch = commit_and_publish(&state, &sync, epoch, limit, deliveries).await?;
-        if committed.send(batch).await.is_err() {
-            return Err(answering_ended(answering.await));
-        }
+/// Commits and publishes for the intake rule: SQLite through the replica,
+/// entries and quarantined writes through lapin.
+struct LapinCommitter {
+    state: WorkerState,
+    sync: Channel,
+    epoch: u64,
+    limit: u64,
+}
+
+impl Committer<Delivery> for LapinCommitter {
+    fn commit(
+        &mut self,
+        deliveries: Vec<Delivery>,
+    ) -> BoxFuture<'_, anyhow::Result<Committed<Delivery>>> {
+        Box::pin(commit_and_publish(
+            &self.state,
+            &self.sync,
+            self.epoch,
+            self.limit,
+            deliveries,
+        ))
     }
-    drop(careful);
-    Err(anyhow::anyhow!("writeQ consumer ended"))
 }
 
 /// Quarantines the deliveries that came back `limit` times, parses and commits
