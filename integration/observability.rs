@@ -94,6 +94,24 @@ async fn metrics_count_the_traffic_and_the_crashes() {
         "the failover was an election"
     );
     assert!(get(&after, "dbaas_election_duration_seconds_count") >= 1.0);
+    // Every long-lived task of the orchestrator is named and up, whatever its
+    // policy: restarted connections and crash-only tasks alike.
+    let tasks = o.status().await["tasks"].clone();
+    for task in [
+        "rabbitmq",
+        "zookeeper",
+        "broker session",
+        "membership watch",
+        "worker exit forwarder",
+        "http server",
+    ] {
+        assert!(tasks[task]["up"] == true, "{task}: {tasks}");
+        assert_eq!(
+            get(&after, &format!(r#"dbaas_task_up{{task="{task}"}}"#)),
+            1.0,
+            "{task}"
+        );
+    }
     assert!(
         get(
             &after,

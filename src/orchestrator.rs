@@ -152,37 +152,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .start();
 
     // The long-lived tasks, each meant to run as long as the process: owned
-    // here, so one that ends anyway (a panic) is reported and stops the
-    // orchestrator rather than leaving it half alive (see `run_until`).
-    let mut background: Vec<(&'static str, tokio::task::JoinHandle<()>)> = Vec::new();
+    // here, crash-only, so one that ends anyway (a panic) is reported and
+    // stops the orchestrator rather than leaving it half alive.
+    let mut background = crate::tasks::CrashOnly::new(tasks.clone());
     let sup = supervisor.clone();
-    background.push((
-        "worker exit forwarder",
-        actix::spawn(async move {
-            while let Some(pid) = exits.recv().await {
-                sup.do_send(WorkerExited(pid));
-            }
-        }),
-    ));
-    background.push((
+    background.spawn_local("worker exit forwarder", async move {
+        while let Some(pid) = exits.recv().await {
+            sup.do_send(WorkerExited(pid));
+        }
+    });
+    background.spawn_local(
         "membership watch",
-        actix::spawn(election::watch(
+        election::watch(
             zk.clone(),
             vec![election.clone().recipient(), supervisor.clone().recipient()],
             Duration::from_millis(500),
-        )),
-    ));
+        ),
+    );
     let (dead_tx, dead_writes) = tokio::sync::watch::channel(None);
-    background.push((
+    background.spawn_local(
         "broker session",
-        actix::spawn(broker_session(
+        broker_session(
             tasks.clone(),
             config.amqp_url.clone(),
             dispatcher.clone(),
             waiter.clone(),
             dead_tx,
-        )),
-    ));
+        ),
+    );
 
     let rpc = web::Data::new(Rpc::new(
         dispatcher.clone().recipient(),
@@ -223,22 +220,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .run();
     let handle = server.handle();
     info!(bind = %config.bind, "orchestrator serving HTTP");
-    let mut served = actix::spawn(server);
+    let (served_tx, served) = tokio::sync::oneshot::channel();
+    background.spawn_local("http server", async move {
+        if let Err(e) = server.await {
+            error!(error = %e, "the HTTP server failed");
+        }
+        let _ = served_tx.send(());
+    });
 
     let ended = tokio::select! {
         _ = crate::shutdown::signal() => None,
-        served = &mut served => Some(match served {
-            Ok(Ok(())) => "the HTTP server stopped".to_string(),
-            Ok(Err(e)) => format!("the HTTP server failed: {e}"),
-            Err(e) => format!("the HTTP server failed: {e}"),
-        }),
-        (result, index, _) = futures_util::future::select_all(background.iter_mut().map(|(_, h)| h)) => {
-            let name = background[index].0;
-            Some(match result {
-                Ok(()) => format!("the {name} task ended"),
-                Err(e) => format!("the {name} task failed: {e}"),
-            })
-        }
+        why = background.ended() => Some(why),
     };
     if let Some(why) = ended {
         // Crash-only: the workers keep running and the restarted

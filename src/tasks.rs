@@ -1,16 +1,23 @@
-//! The orchestrator's long-lived connections as named, supervised tasks: one
-//! helper ([`keep`]) runs a task's rounds forever (a round opens the
-//! connection, serves on it until it breaks, and says why it ended), waits
-//! between rounds with capped exponential backoff and jitter, and records each
-//! task's state in a [`Tasks`] registry. The registry is what `worker/status`
+//! The long-lived tasks of both processes, named and supervised, under one of
+//! two policies (Garage's background task runner is the model):
+//!
+//! - **restart** ([`keep`]): a task's rounds run forever (a round opens a
+//!   connection, serves on it until it breaks, and says why it ended), with
+//!   capped exponential backoff and jitter between rounds. The orchestrator's
+//!   RabbitMQ and ZooKeeper sessions run so.
+//! - **crash-only** ([`CrashOnly`]): tasks meant to run as long as the
+//!   process; the first that ends (or panics) is reported with its name and
+//!   the process stops, to be restarted whole by its supervisor. Every task of
+//!   a worker runs so (its supervisor is the orchestrator's
+//!   `ContainerSupervisor`: a worker that is alive is one whose tasks all
+//!   run), and the orchestrator's HTTP server, membership watch, worker-exit
+//!   forwarder and broker session (compose's restart policy or `scripts/up`
+//!   restarts it; it adopts the running workers).
+//!
+//! Each task's state is recorded in a [`Tasks`] registry: what `worker/status`
 //! shows under `tasks` and `/metrics` exports as `dbaas_task_up{task}` and
 //! `dbaas_task_restarts_total{task}`, so a connection that is down is visible,
-//! not only a line in the log. (Garage's background task runner is the model.)
-//!
-//! The workers' policy is the other one, crash-only: a worker's tasks are owned
-//! by one `select!` in `worker::run`, and any that ends ends the worker (a
-//! slave that lost RabbitMQ reconnects first), so its supervisor is the
-//! orchestrator's `ContainerSupervisor`.
+//! not only a line in the log.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -143,6 +150,71 @@ where
     }
 }
 
+/// Tasks under the crash-only policy: each named and recorded in [`Tasks`]
+/// as up while it runs; [`CrashOnly::ended`] waits for the first one to end
+/// and says which and why. Dropping the group aborts the others.
+pub struct CrashOnly {
+    tasks: Tasks,
+    set: tokio::task::JoinSet<&'static str>,
+    names: BTreeMap<tokio::task::Id, &'static str>,
+}
+
+impl CrashOnly {
+    pub fn new(tasks: Tasks) -> Self {
+        CrashOnly {
+            tasks,
+            set: tokio::task::JoinSet::new(),
+            names: BTreeMap::new(),
+        }
+    }
+
+    /// Runs `task` (on the multi-threaded runtime) as long as the process.
+    pub fn spawn<F>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let handle = self.set.spawn(async move {
+            task.await;
+            name
+        });
+        self.started(name, handle.id());
+    }
+
+    /// Runs `task` on the current thread's `LocalSet` (actix's system).
+    pub fn spawn_local<F>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = ()> + 'static,
+    {
+        let handle = self.set.spawn_local(async move {
+            task.await;
+            name
+        });
+        self.started(name, handle.id());
+    }
+
+    fn started(&mut self, name: &'static str, id: tokio::task::Id) {
+        self.names.insert(id, name);
+        self.tasks.up(name, "running (crash-only)");
+    }
+
+    /// Waits until one task ends; why, naming it (recorded in the registry).
+    /// Never returns while there is none.
+    pub async fn ended(&mut self) -> String {
+        let Some(ended) = self.set.join_next_with_id().await else {
+            return std::future::pending().await;
+        };
+        let (name, why) = match ended {
+            Ok((_, name)) => (name, format!("the {name} task ended")),
+            Err(e) => {
+                let name = self.names.get(&e.id()).copied().unwrap_or("unnamed");
+                (name, format!("the {name} task failed: {e}"))
+            }
+        };
+        self.tasks.ended(name, why.clone());
+        why
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +262,30 @@ mod tests {
         assert_eq!(state.state, "session expired");
         assert_eq!(state.restarts, 1);
         assert!(!tasks.all_up());
+    }
+    #[tokio::test]
+    async fn the_first_crash_only_task_to_end_is_named_and_recorded() {
+        let tasks = Tasks::default();
+        let mut group = CrashOnly::new(tasks.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        group.spawn("forever", std::future::pending());
+        group.spawn("short", async move {
+            let _ = stopped.await;
+        });
+        assert!(tasks.all_up(), "{:?}", tasks.snapshot());
+        let _ = stop.send(());
+        assert_eq!(group.ended().await, "the short task ended");
+        let snapshot = tasks.snapshot();
+        assert!(!snapshot["short"].up);
+        assert_eq!(snapshot["short"].restarts, 1);
+        assert!(snapshot["forever"].up);
+    }
+    #[tokio::test]
+    async fn a_crash_only_task_that_panics_is_named() {
+        let mut group = CrashOnly::new(Tasks::default());
+        group.spawn("forever", std::future::pending());
+        group.spawn("panicky", async { panic!("boom") });
+        let why = group.ended().await;
+        assert!(why.starts_with("the panicky task failed"), "{why}");
     }
 }

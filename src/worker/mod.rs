@@ -114,21 +114,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Background loops that never end by design: owned here, so one that
     // ends anyway (a panic) ends the worker instead of leaving it half alive.
-    let mut background = tokio::task::JoinSet::new();
-    background.spawn(named(
-        "heartbeat",
-        heartbeat(config.data_dir.join("heartbeat")),
-    ));
-    background.spawn(named(
+    let mut background = crate::tasks::CrashOnly::new(crate::tasks::Tasks::default());
+    background.spawn("heartbeat", heartbeat(config.data_dir.join("heartbeat")));
+    background.spawn(
         "stream offset recorder",
         record_stream_offset(state.clone(), Duration::from_millis(500)),
-    ));
+    );
     election::register(&zk, &state).await?;
     info!(pid, db = %slot.db_path().display(), "worker registered; catching up");
-    background.spawn(named(
+    background.spawn(
         "progress publisher",
         election::publish_progress(zk.clone(), state.clone(), Duration::from_millis(500)),
-    ));
+    );
 
     let mut conn = conn;
     let mut from = from;
@@ -144,10 +141,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 anyhow::anyhow!("sync stopped: {stop}")
             }
             lost = election::session_lost(&zk) => break Err(anyhow::anyhow!("ZooKeeper session ended: {lost:?}")),
-            Some(ended) = background.join_next() => break Err(match ended {
-                Ok(name) => anyhow::anyhow!("the {name} task ended"),
-                Err(e) => anyhow::anyhow!("a background task failed: {e}"),
-            }),
+            why = background.ended() => break Err(anyhow::anyhow!("{why}")),
             // Its RabbitMQ node was cut off from the cluster (and closed):
             // a slave reconnects to another node, a master ends.
             why = broker::link::cut_off(&conn) => anyhow::anyhow!("{why}"),
@@ -474,11 +468,6 @@ async fn assigned_pid(zk: &zk::Client, name: &str) -> anyhow::Result<u32> {
 }
 
 /// `task`, answering its name when it ends.
-async fn named(name: &'static str, task: impl std::future::Future<Output = ()>) -> &'static str {
-    task.await;
-    name
-}
-
 /// Touches `path` every second, for container health checks.
 async fn heartbeat(path: PathBuf) {
     loop {
