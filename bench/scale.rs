@@ -14,9 +14,10 @@
 //!   and the new worker's start; the snapshot's own share is in the logs;
 //! - next to it, in the same run, on the serving slave's file: an SQLite online
 //!   backup (the same code the worker runs, its own connection, 4 MiB steps)
-//!   and a `cp` (page cache warm: the machine is shared, caches are not dropped);
+//!   and a `cp`, with the page cache warm and, where the bench may drop the
+//!   caches (root), cold;
 //! - worker RSS (VmHWM, the peak, and VmRSS from /proc/<pid>/status) of the
-//!   joiner and of the source after the replacement;
+//!   joiner, of the source and of the new master after the replacement;
 //! - disk in use of the data directory, and the files in it;
 //! - whole-system restart: the orchestrator stopped (its workers with it) and
 //!   started again on the same data, until a read answers with every row;
@@ -188,10 +189,12 @@ struct Sized {
     replaced_s: f64,
     backup_s: f64,
     cp_s: f64,
+    cp_cold_s: Option<f64>,
     snapshot_line: String,
     served_line: String,
     joiner_rss: (f64, f64),
     source_rss: (f64, f64),
+    master_rss: (f64, f64),
     disk_mb: f64,
     files: Vec<String>,
     restart_s: f64,
@@ -245,6 +248,18 @@ async fn one_size(rows: u64, sweep: bool) -> Sized {
     assert!(status.success());
     let cp_s = t.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&cp_to);
+    let cp_cold_s = drop_caches().then(|| {
+        let t = Instant::now();
+        let status = std::process::Command::new("cp")
+            .arg(&file)
+            .arg(&cp_to)
+            .status()
+            .expect("cp");
+        assert!(status.success());
+        let took = t.elapsed().as_secs_f64();
+        let _ = std::fs::remove_file(&cp_to);
+        took
+    });
 
     // The replacement.
     let before = o.pids().await;
@@ -270,6 +285,10 @@ async fn one_size(rows: u64, sweep: bool) -> Sized {
     let served_line = line_with(&log_of(&o, from), "served a snapshot").to_string();
     let joiner_rss = rss(joined).unwrap_or_default();
     let source_rss = rss(from).unwrap_or_default();
+    let master_rss = o.status().await["master"]
+        .as_u64()
+        .and_then(rss)
+        .unwrap_or_default();
     let (disk_bytes, files) = disk(data.path());
     eprintln!("replaced in {replaced_s:.2} s (backup {backup_s:.2} s, cp {cp_s:.2} s)");
 
@@ -311,10 +330,12 @@ async fn one_size(rows: u64, sweep: bool) -> Sized {
         replaced_s,
         backup_s,
         cp_s,
+        cp_cold_s,
         snapshot_line,
         served_line,
         joiner_rss,
         source_rss,
+        master_rss,
         disk_mb: disk_bytes as f64 / 1e6,
         files,
         restart_s,
@@ -395,6 +416,14 @@ async fn transfer(brokers: &PrivateBrokers, file: &Path, chunk: usize) -> f64 {
     took
 }
 
+/// Empties the page cache (needs root); whether it could.
+fn drop_caches() -> bool {
+    let synced = std::process::Command::new("sync")
+        .status()
+        .is_ok_and(|s| s.success());
+    synced && std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
+}
+
 fn mib(v: (f64, f64)) -> String {
     format!("{:.0} / {:.0}", v.0, v.1)
 }
@@ -425,31 +454,35 @@ fn report(results: &[Sized], started: Instant) {
     );
     md.push_str(
         "| rows | SQLite file | load | slot refilled (crash/master → new slave at lag 0) | \
-         online backup of the same file | `cp` of it (warm) | joiner RSS peak / now | \
-         source RSS peak / now | data dir on disk | restart → first read |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         online backup of the same file | `cp` of it (warm / cold) | joiner RSS peak / now | \
+         source RSS peak / now | new master RSS peak / now | data dir on disk | \
+         restart → first read |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut rows_json = Vec::new();
     for r in results {
         md.push_str(&format!(
-            "| {} | {:.0} MB | {:.0} rows/s | {:.2} s | {:.2} s | {:.2} s | {} MiB | {} MiB \
-             | {:.0} MB | {:.2} s |\n",
+            "| {} | {:.0} MB | {:.0} rows/s | {:.2} s | {:.2} s | {:.2} / {} s | {} MiB | {} MiB \
+             | {} MiB | {:.0} MB | {:.2} s |\n",
             r.rows,
             r.file_mb,
             r.load_rows_s,
             r.replaced_s,
             r.backup_s,
             r.cp_s,
+            r.cp_cold_s.map_or("–".to_string(), |s| format!("{s:.2}")),
             mib(r.joiner_rss),
             mib(r.source_rss),
+            mib(r.master_rss),
             r.disk_mb,
             r.restart_s
         ));
         rows_json.push(json!({
             "rows": r.rows, "file_mb": r.file_mb, "load_rows_per_s": r.load_rows_s,
-            "replaced_s": r.replaced_s, "online_backup_s": r.backup_s, "cp_s": r.cp_s,
+            "replaced_s": r.replaced_s, "online_backup_s": r.backup_s, "cp_s": r.cp_s, "cp_cold_s": r.cp_cold_s,
             "joiner_vmhwm_mib": r.joiner_rss.0, "joiner_vmrss_mib": r.joiner_rss.1,
             "source_vmhwm_mib": r.source_rss.0, "source_vmrss_mib": r.source_rss.1,
+            "master_vmhwm_mib": r.master_rss.0, "master_vmrss_mib": r.master_rss.1,
             "data_dir_mb": r.disk_mb, "files": r.files, "restart_s": r.restart_s,
             "joiner_log": r.snapshot_line, "source_log": r.served_line,
             "chunk_sweep_s": r.chunk_sweep,
