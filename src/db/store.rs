@@ -416,35 +416,57 @@ impl Store {
 
     /// Replica side: applies one entry from `syncQ` strictly in sequence order.
     pub fn apply_sync(&mut self, entry: &LogEntry) -> Result<SyncApplied, DbError> {
-        if entry.epoch < self.epoch {
-            return Ok(SyncApplied::Stale);
-        }
-        if entry.seq <= self.seq {
-            return Ok(SyncApplied::Duplicate);
-        }
-        if entry.seq != self.seq + 1 {
-            return Ok(SyncApplied::Gap {
-                expected: self.seq + 1,
-            });
-        }
+        let outcome = self.apply_sync_batch(std::slice::from_ref(entry))?;
+        outcome
+            .into_iter()
+            .next()
+            .ok_or_else(|| DbError::Internal("no outcome for a sync entry".into()))
+    }
+
+    /// Applies `entries` in order in one transaction, each as
+    /// [`Store::apply_sync`] would, and stops after the first gap (what came
+    /// before it is kept). One outcome per entry considered. If one fails to
+    /// apply (this copy diverged), nothing of the batch is kept.
+    pub fn apply_sync_batch(&mut self, entries: &[LogEntry]) -> Result<Vec<SyncApplied>, DbError> {
         let tx = self.conn.transaction()?;
-        // A write that failed on the master was never published, so a failure here
-        // means this replica diverged: report it rather than skip it.
-        apply(
-            &tx,
-            &entry.write_id,
-            entry.seq,
-            entry.at_ms,
-            &request_hash(&entry.request)?,
-            &entry.request,
-        )?;
-        if entry.epoch > self.epoch {
-            set_meta(&tx, EPOCH, entry.epoch)?;
+        let (mut seq, mut epoch) = (self.seq, self.epoch);
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let outcome = if entry.epoch < epoch {
+                SyncApplied::Stale
+            } else if entry.seq <= seq {
+                SyncApplied::Duplicate
+            } else if entry.seq != seq + 1 {
+                SyncApplied::Gap { expected: seq + 1 }
+            } else {
+                // A write that failed on the master was never published, so a
+                // failure here means this replica diverged: report it rather
+                // than skip it.
+                apply(
+                    &tx,
+                    &entry.write_id,
+                    entry.seq,
+                    entry.at_ms,
+                    &request_hash(&entry.request)?,
+                    &entry.request,
+                )?;
+                if entry.epoch > epoch {
+                    set_meta(&tx, EPOCH, entry.epoch)?;
+                }
+                seq = entry.seq;
+                epoch = entry.epoch;
+                SyncApplied::Applied
+            };
+            let gap = matches!(outcome, SyncApplied::Gap { .. });
+            outcomes.push(outcome);
+            if gap {
+                break;
+            }
         }
         tx.commit()?;
-        self.seq = entry.seq;
-        self.epoch = entry.epoch;
-        Ok(SyncApplied::Applied)
+        self.seq = seq;
+        self.epoch = epoch;
+        Ok(outcomes)
     }
 
     /// Records that a master of `epoch` has taken over; later entries of older epochs
@@ -1190,6 +1212,83 @@ mod tests {
             master.checksum().expect("sum")
         );
         assert!(!replica.observe_epoch(1).expect("older epoch refused"));
+    }
+
+    #[test]
+    fn a_batch_of_entries_applies_in_one_go_and_stops_at_a_gap() {
+        let mut master = Store::open_in_memory().expect("db");
+        let entries: Vec<LogEntry> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                committed(
+                    master
+                        .commit(&format!("w{i}"), 1, &user(n))
+                        .expect("commit"),
+                )
+                .0
+            })
+            .collect();
+        let mut replica = Store::open_in_memory().expect("db");
+        // a, a again, b, then d (c missing): a and b are kept, the rest not looked at.
+        let batch = [
+            entries[0].clone(),
+            entries[0].clone(),
+            entries[1].clone(),
+            entries[3].clone(),
+            entries[4].clone(),
+        ];
+        assert_eq!(
+            replica.apply_sync_batch(&batch).expect("batch"),
+            [
+                SyncApplied::Applied,
+                SyncApplied::Duplicate,
+                SyncApplied::Applied,
+                SyncApplied::Gap { expected: 3 }
+            ]
+        );
+        assert_eq!(replica.seq(), 2);
+        // The rest, one transaction: equal to the master.
+        let outcomes = replica.apply_sync_batch(&entries[2..]).expect("rest");
+        assert!(outcomes.iter().all(|o| *o == SyncApplied::Applied));
+        assert_eq!(replica.seq(), 5);
+        assert_eq!(
+            replica.checksum().expect("sum"),
+            master.checksum().expect("sum")
+        );
+    }
+
+    #[test]
+    fn a_batch_with_an_entry_that_cannot_apply_keeps_nothing() {
+        let mut master = Store::open_in_memory().expect("db");
+        let entries: Vec<LogEntry> = ["a", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                committed(
+                    master
+                        .commit(&format!("w{i}"), 1, &user(n))
+                        .expect("commit"),
+                )
+                .0
+            })
+            .collect();
+        let mut replica = Store::open_in_memory().expect("db");
+        // The second inserts the first's username again: this copy diverged.
+        let mut clash = entries[0].clone();
+        clash.seq = 2;
+        clash.write_id = "other".into();
+        assert!(replica
+            .apply_sync_batch(&[entries[0].clone(), clash])
+            .is_err());
+        assert_eq!(replica.seq(), 0);
+        assert_eq!(
+            replica
+                .read(&r(r#"{"table":"users","count":true}"#))
+                .expect("read")
+                .rows[0]["count"],
+            0
+        );
     }
 
     #[test]

@@ -125,8 +125,11 @@ impl Replica {
             .await
     }
 
-    pub async fn apply_sync(&self, entry: LogEntry) -> Result<SyncApplied, DbError> {
-        self.with_store(move |s| s.apply_sync(&entry)).await
+    pub async fn apply_sync_batch(
+        &self,
+        entries: Vec<LogEntry>,
+    ) -> Result<Vec<SyncApplied>, DbError> {
+        self.with_store(move |s| s.apply_sync_batch(&entries)).await
     }
 
     pub async fn observe_epoch(&self, epoch: u64) -> Result<bool, DbError> {

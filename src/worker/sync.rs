@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::Connection;
 use tracing::{debug, error, info, warn};
@@ -14,7 +14,7 @@ use super::WorkerState;
 use crate::broker::messages::SyncMessage;
 use crate::broker::{self, StreamOffset, SYNC_Q};
 use crate::coord::Role;
-use crate::db::SyncApplied;
+use crate::db::{LogEntry, SyncApplied};
 
 /// Why the sync loop stopped; every reason ends the worker (crash-only: the
 /// supervisor starts a fresh replica).
@@ -105,56 +105,91 @@ async fn consume(
 ) -> Result<(), SyncStop> {
     let (_channel, mut consumer) = subscribe(conn, state, from).await?;
     info!(pid = state.pid, ?from, "reading syncQ");
-    while let Some(delivery) = consumer.next().await {
-        let delivery = delivery?;
-        let message: SyncMessage = match serde_json::from_slice(&delivery.data) {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(error = %e, "skipping unreadable syncQ message");
-                delivery.ack(BasicAckOptions::default()).await?;
-                continue;
-            }
-        };
-        match message {
-            SyncMessage::Entry(entry) => {
-                let (seq, epoch) = (entry.seq, entry.epoch);
-                match state.replica.apply_sync(entry).await {
-                    Ok(SyncApplied::Applied) => debug!(seq, "applied"),
-                    Ok(SyncApplied::Duplicate) => {}
-                    Ok(SyncApplied::Stale) => {
-                        warn!(seq, epoch, "ignored entry from a replaced master")
-                    }
-                    Ok(SyncApplied::Gap { expected }) => {
-                        return Err(SyncStop::Gap { expected, got: seq })
-                    }
-                    Err(e) => return Err(SyncStop::Diverged(e.to_string())),
-                }
-            }
-            SyncMessage::Barrier { epoch, pid, nonce } => {
-                let current = state.replica.epoch().await.unwrap_or(0);
-                let role = state.role.get();
-                if superseded_by(state.pid, role, current, pid, epoch) {
-                    return Err(SyncStop::Superseded { pid, epoch });
-                }
-                match state.replica.observe_epoch(epoch).await {
-                    Ok(true) => info!(epoch, master = pid, "new master's barrier"),
-                    Ok(false) => warn!(epoch, master = pid, "ignored barrier of an old epoch"),
-                    Err(e) => error!(error = %e, "recording epoch failed"),
-                }
-                state.marks_seen.record(nonce);
-            }
-            SyncMessage::Marker { pid, nonce } => {
-                if pid == state.pid {
-                    state.marks_seen.record(nonce);
-                }
+    while let Some(first) = consumer.next().await {
+        // Every message already delivered, up to a bound: consecutive entries
+        // are applied in one transaction on the store thread, and the whole
+        // run is acked at once (`multiple`), instead of one hop and one ack
+        // per entry.
+        let mut deliveries = vec![first?];
+        while deliveries.len() < APPLY_BATCH {
+            match consumer.next().now_or_never() {
+                Some(Some(delivery)) => deliveries.push(delivery?),
+                _ => break,
             }
         }
-        if let Some(offset) = broker::delivery_stream_offset(&delivery.properties) {
+        let mut entries = Vec::new();
+        for delivery in &deliveries {
+            match serde_json::from_slice::<SyncMessage>(&delivery.data) {
+                Ok(SyncMessage::Entry(entry)) => entries.push(entry),
+                Ok(other) => {
+                    apply(state, std::mem::take(&mut entries)).await?;
+                    observe(state, other).await?;
+                }
+                Err(e) => warn!(error = %e, "skipping unreadable syncQ message"),
+            }
+        }
+        apply(state, entries).await?;
+        let Some(last) = deliveries.last() else {
+            continue;
+        };
+        if let Some(offset) = broker::delivery_stream_offset(&last.properties) {
             state
                 .stream_next
                 .store(offset + 1, std::sync::atomic::Ordering::SeqCst);
         }
-        delivery.ack(BasicAckOptions::default()).await?;
+        last.ack(BasicAckOptions { multiple: true }).await?;
+    }
+    Ok(())
+}
+
+/// `syncQ` messages applied together at most.
+const APPLY_BATCH: usize = 256;
+
+/// Applies consecutive entries in one transaction; a gap or a failure ends
+/// the sync (the copy cannot follow the log from here).
+async fn apply(state: &WorkerState, entries: Vec<LogEntry>) -> Result<(), SyncStop> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let seqs: Vec<(u64, u64)> = entries.iter().map(|e| (e.seq, e.epoch)).collect();
+    let outcomes = state
+        .replica
+        .apply_sync_batch(entries)
+        .await
+        .map_err(|e| SyncStop::Diverged(e.to_string()))?;
+    for ((seq, epoch), outcome) in seqs.into_iter().zip(outcomes) {
+        match outcome {
+            SyncApplied::Applied => debug!(seq, "applied"),
+            SyncApplied::Duplicate => {}
+            SyncApplied::Stale => warn!(seq, epoch, "ignored entry from a replaced master"),
+            SyncApplied::Gap { expected } => return Err(SyncStop::Gap { expected, got: seq }),
+        }
+    }
+    Ok(())
+}
+
+/// A barrier (a master taking over) or a marker (a worker's own, read back).
+async fn observe(state: &WorkerState, message: SyncMessage) -> Result<(), SyncStop> {
+    match message {
+        SyncMessage::Entry(_) => {}
+        SyncMessage::Barrier { epoch, pid, nonce } => {
+            let current = state.replica.epoch().await.unwrap_or(0);
+            let role = state.role.get();
+            if superseded_by(state.pid, role, current, pid, epoch) {
+                return Err(SyncStop::Superseded { pid, epoch });
+            }
+            match state.replica.observe_epoch(epoch).await {
+                Ok(true) => info!(epoch, master = pid, "new master's barrier"),
+                Ok(false) => warn!(epoch, master = pid, "ignored barrier of an old epoch"),
+                Err(e) => error!(error = %e, "recording epoch failed"),
+            }
+            state.marks_seen.record(nonce);
+        }
+        SyncMessage::Marker { pid, nonce } => {
+            if pid == state.pid {
+                state.marks_seen.record(nonce);
+            }
+        }
     }
     Ok(())
 }
