@@ -63,6 +63,8 @@ async fn malformed_reads_do_not_count_for_the_scaler() {
         json!({"table": "users", "where": "1=1"}).to_string(),
         json!({"table": "users", "limit": 1_000_000}).to_string(),
         json!({"table": "users", "columns": vec!["username"; 3000]}).to_string(),
+        // Valid, but beyond any seq a write has been given: refused, uncounted.
+        json!({"table": "users", "min_seq": 1_000_000_000_000_000u64}).to_string(),
     ];
     for i in 0..30 {
         let (status, body) = o
