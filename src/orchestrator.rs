@@ -366,6 +366,13 @@ pub fn worker_env(config: &Config) -> Vec<(String, String)> {
     if let Some(auth) = coord::auth() {
         env.push(("DBAAS_ZK_AUTH".to_string(), auth.expose().to_string()));
     }
+    // The workers sign and check snapshots with the orchestrator's secret.
+    if let Some(secret) = crate::worker::snapshot::secret() {
+        env.push((
+            crate::worker::snapshot::SECRET_ENV.to_string(),
+            secret.expose().to_string(),
+        ));
+    }
     for passthrough in [
         "RUST_LOG",
         "DBAAS_LOG_FORMAT",
@@ -373,7 +380,6 @@ pub fn worker_env(config: &Config) -> Vec<(String, String)> {
         "DBAAS_SYNC_MAX_BYTES",
         "DBAAS_SYNC_SEGMENT_BYTES",
         "DBAAS_SYNC_MAX_AGE",
-        "DBAAS_SNAPSHOT_SECRET",
         broker::dead::DELIVERY_LIMIT_ENV,
     ] {
         if let Ok(v) = std::env::var(passthrough) {
