@@ -227,6 +227,11 @@ async fn writes_survive_node_loss_leader_loss_and_a_partition_exactly_once() {
                 namespace: Some(namespace().await),
                 extra_env: vec![
                     ("DBAAS_REPLICAS".into(), "3".into()),
+                    // Brokers off loopback: snapshots must be authenticated.
+                    (
+                        "DBAAS_SNAPSHOT_SECRET".into(),
+                        "cluster-nemesis-snapshot-secret".into(),
+                    ),
                     (
                         "DBAAS_ZK_SESSION_TIMEOUT_MS".into(),
                         SESSION_TIMEOUT_MS.to_string(),

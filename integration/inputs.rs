@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{slave_pids, Options, Orchestrator};
+use crate::common::{slave_pids, wait_until, Options, Orchestrator};
 
 fn ride(extra: Value) -> Value {
     let mut row = json!({"created_by": "alice", "timestamp": "2031-01-02 08:30:00", "source": 1, "destination": 2});
@@ -63,6 +63,8 @@ async fn malformed_reads_do_not_count_for_the_scaler() {
         json!({"table": "users", "where": "1=1"}).to_string(),
         json!({"table": "users", "limit": 1_000_000}).to_string(),
         json!({"table": "users", "columns": vec!["username"; 3000]}).to_string(),
+        // Valid, but beyond any seq a write has been given: refused, uncounted.
+        json!({"table": "users", "min_seq": 1_000_000_000_000_000u64}).to_string(),
     ];
     for i in 0..30 {
         let (status, body) = o
@@ -81,6 +83,92 @@ async fn malformed_reads_do_not_count_for_the_scaler() {
     assert_eq!(status, 200, "{body}");
     let (_, scaler) = o.get_json("/api/v1/scaler").await;
     assert_eq!(scaler["reads"], 1, "a valid read counts: {scaler}");
+}
+
+/// The value of a counter line of the `/metrics` text (0 when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+const READS_SENT: &str = r#"dbaas_publishes_total{queue="readQ",outcome="sent"}"#;
+
+#[tokio::test]
+async fn reads_waiting_for_their_min_seq_leave_the_slave_free_for_other_reads() {
+    // Waits far longer than the test takes: without parking, the 40 waiting
+    // reads would hold the slave's 32 delivery slots all that time.
+    let o = Orchestrator::start(
+        "parked-reads",
+        Options {
+            request_timeout_ms: 25_000,
+            extra_env: vec![("DBAAS_READ_WAIT_MS".into(), "20000".into())],
+            ..Options::default()
+        },
+    )
+    .await;
+    let seq = o.insert_user("ann").await["seq"].as_u64().expect("seq");
+    let before = metric(&o.metrics_text().await, READS_SENT);
+
+    // 40 reads of a seq no write has been given yet: a little beyond the
+    // latest (well within the refusal margin), so they wait on the slave.
+    let waiting: Vec<_> = (0..40)
+        .map(|_| {
+            let http = o.http.clone();
+            let url = o.url("/api/v1/db/read");
+            let body = json!({"table": "users", "columns": ["username"], "order_by": [{"column": "username"}], "min_seq": seq + 1});
+            tokio::spawn(async move {
+                let r = http.post(url).json(&body).send().await.expect("POST");
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap_or(Value::Null))
+            })
+        })
+        .collect();
+    let published = wait_until("the 40 reads on readQ", Duration::from_secs(10), || async {
+        (metric(&o.metrics_text().await, READS_SENT) - before >= 40.0).then_some(())
+    })
+    .await;
+    assert!(published.is_some(), "the 40 reads were never published");
+    // Parked: the slave took every one of them and gave its delivery back
+    // (acknowledged), so readQ holds nothing, ready or unacknowledged.
+    let parked = wait_until("the 40 reads parked", Duration::from_secs(10), || async {
+        (o.queue_depth("readQ") == Some((0, 0))).then_some(())
+    })
+    .await;
+
+    // Meanwhile an ordinary read goes through the same slave at once.
+    let started = Instant::now();
+    let (status, body) = o.read(json!({"table": "users", "count": true})).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        took < Duration::from_secs(1),
+        "an ordinary read took {took:?} while 40 reads waited for seq {}",
+        seq + 1
+    );
+    assert!(
+        parked.is_some(),
+        "the waiting reads hold readQ deliveries (ready, unacked): {:?}",
+        o.queue_depth("readQ")
+    );
+    assert!(
+        waiting.iter().all(|w| !w.is_finished()),
+        "a read was answered before its min_seq was reached"
+    );
+
+    // The write they wait for: each one is answered, and sees it.
+    let bob = o.insert_user("bob").await;
+    assert_eq!(bob["seq"].as_u64(), Some(seq + 1), "{bob}");
+    for w in waiting {
+        let (status, body) = w.await.expect("joined");
+        assert_eq!(status, 200, "{body}");
+        assert!(body["seq"].as_u64() >= Some(seq + 1), "{body}");
+        assert_eq!(
+            body["rows"],
+            json!([{"username": "ann"}, {"username": "bob"}]),
+            "{body}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! Only those who hold a credential reach the data, the admin API, the broker
 //! and the coordinator: API tokens by scope, protected mode, the broker user
 //! `scripts/lib/services.sh` creates (and `guest` gone), ZooKeeper digest
-//! ACLs, and fake worker registrations that are never signalled.
+//! ACLs, fake worker registrations that are never signalled, and no process
+//! without the snapshot secret unless its broker is on loopback.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -303,6 +304,66 @@ async fn protected_mode_refuses_a_public_bind_without_tokens() {
     let up = serves_health(port).await;
     let err = stop(child);
     assert!(up, "never served on loopback: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_snapshot_secret_only_a_loopback_broker_is_accepted() {
+    const SECRET: &str = "snapshot-secret-of-the-security-tests";
+    // A broker off loopback (TEST-NET-1: never reached), no secret: both
+    // binaries refuse before connecting, naming the host, not the password.
+    for binary in ["orchestrator", "worker"] {
+        let out = Command::new(bin(binary))
+            .env(
+                "DBAAS_AMQP_URL",
+                "amqp://dbaas:hunter2-pw@192.0.2.1:5672/%2f",
+            )
+            .env("DBAAS_ZK_HOSTS", "127.0.0.1:1")
+            .env("DBAAS_BIND", format!("127.0.0.1:{}", free_port()))
+            .env_remove("DBAAS_SNAPSHOT_SECRET")
+            .stdout(Stdio::null())
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{binary} started: {err}");
+        assert!(
+            err.contains("refusing to run without DBAAS_SNAPSHOT_SECRET")
+                && err.contains("192.0.2.1:5672"),
+            "{binary}: {err}"
+        );
+        assert!(
+            !err.contains("hunter2"),
+            "{binary} showed the password: {err}"
+        );
+    }
+
+    // With the secret: it runs, says snapshots are authenticated, never the secret.
+    let port = free_port();
+    let child = orchestrator_on(
+        &format!("127.0.0.1:{port}"),
+        &[("DBAAS_SNAPSHOT_SECRET", SECRET)],
+    );
+    let up = serves_health(port).await;
+    let err = stop(child);
+    assert!(up, "never served with a secret: {err}");
+    assert!(err.contains("snapshots are authenticated"), "{err}");
+    assert!(!err.contains(SECRET), "{err}");
+
+    // Loopback broker, no secret: it runs, and says loudly what that means.
+    let port = free_port();
+    let child = Command::new(bin("orchestrator"))
+        .env("DBAAS_BIND", format!("127.0.0.1:{port}"))
+        .env("DBAAS_AMQP_URL", "amqp://nobody:nothing@127.0.0.1:1/%2f")
+        .env("DBAAS_ZK_HOSTS", "127.0.0.1:1")
+        .env("DBAAS_WORKER_BIN", bin("worker"))
+        .env_remove("DBAAS_SNAPSHOT_SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start orchestrator");
+    let up = serves_health(port).await;
+    let err = stop(child);
+    assert!(up, "never served on loopback without a secret: {err}");
+    assert!(err.contains("snapshots are not authenticated"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -53,6 +53,12 @@ pub struct BrokerArgs {
     /// syncQ retention by age too (RabbitMQ's syntax: 7D, 12h, 30m); none by default.
     #[arg(long, env = "DBAAS_SYNC_MAX_AGE")]
     pub sync_max_age: Option<String>,
+    /// Shared secret (16+ characters) that authenticates snapshots
+    /// (HMAC-SHA256): sources sign, joiners accept only what checks out. The
+    /// orchestrator passes it to the workers. Unset: refused unless every
+    /// RabbitMQ address is loopback. Give it in the environment, not as a flag.
+    #[arg(long, env = "DBAAS_SNAPSHOT_SECRET", hide_env_values = true)]
+    pub snapshot_secret: Option<Secret>,
 }
 
 impl BrokerArgs {
@@ -74,6 +80,28 @@ impl BrokerArgs {
         match auth {
             Some(s) => crate::coord::set_auth(Some(crate::coord::ZkAuth::parse(s.expose())?)),
             None => crate::coord::set_auth(None),
+        }
+        Ok(())
+    }
+
+    /// Decides how this process treats snapshots ([`crate::worker::snapshot::decide`]):
+    /// with the secret, without it on loopback (a warning), or not at all.
+    pub fn apply_snapshot_secret(&self) -> anyhow::Result<()> {
+        use crate::worker::snapshot::{self, Authentication, SECRET_ENV};
+        match snapshot::decide(self.snapshot_secret.as_ref(), &self.amqp_url)
+            .map_err(|e| anyhow::anyhow!(e))?
+        {
+            Authentication::Secret(s) => {
+                tracing::info!("snapshots are authenticated (HMAC-SHA256 under {SECRET_ENV})");
+                snapshot::set_secret(Some(s));
+            }
+            Authentication::DigestOnlyOnLoopback => {
+                tracing::warn!(
+                    "{SECRET_ENV} is not set: snapshots are not authenticated (checked by digest \
+                     only); allowed because every RabbitMQ address is loopback"
+                );
+                snapshot::set_secret(None);
+            }
         }
         Ok(())
     }

@@ -76,8 +76,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| warn!(error = %e, "metrics disabled"))
         .ok();
     let waiter = RpcWaiter::default().start();
+    // The Scaler's address before it starts (it needs the supervisor, which
+    // needs the election, which needs the dispatcher, which counts reads for
+    // the Scaler); reads counted meanwhile wait in its mailbox.
+    let scaler_context = Context::<Scaler>::new();
     // No publisher until the broker session is up: requests get 503 meanwhile.
-    let dispatcher = Dispatcher::<AmqpPublisher>::new(None).start();
+    let dispatcher = Dispatcher::<AmqpPublisher>::new(None)
+        .counting_reads(scaler_context.address().recipient())
+        .start();
     let election = Election::new()
         .with_routes(dispatcher.clone().recipient())
         .start();
@@ -143,13 +149,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             });
         }))
         .start();
-    let scaler = Scaler::new(
+    let scaler = scaler_context.run(Scaler::new(
         config.scale_interval,
         config.reads_per_slave,
         config.slave_bounds,
         supervisor.clone().recipient(),
-    )
-    .start();
+    ));
 
     // The long-lived tasks, each meant to run as long as the process: owned
     // here, crash-only, so one that ends anyway (a panic) is reported and
@@ -184,7 +189,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let rpc = web::Data::new(Rpc::new(
         dispatcher.clone().recipient(),
         waiter,
-        scaler.clone().recipient(),
         config.request_timeout,
     ));
     let state = web::Data::new(AppState {
@@ -354,6 +358,13 @@ pub fn worker_env(config: &Config) -> Vec<(String, String)> {
     if let Some(auth) = coord::auth() {
         env.push(("DBAAS_ZK_AUTH".to_string(), auth.expose().to_string()));
     }
+    // The workers sign and check snapshots with the orchestrator's secret.
+    if let Some(secret) = crate::worker::snapshot::secret() {
+        env.push((
+            crate::worker::snapshot::SECRET_ENV.to_string(),
+            secret.expose().to_string(),
+        ));
+    }
     for passthrough in [
         "RUST_LOG",
         "DBAAS_LOG_FORMAT",
@@ -361,7 +372,6 @@ pub fn worker_env(config: &Config) -> Vec<(String, String)> {
         "DBAAS_SYNC_MAX_BYTES",
         "DBAAS_SYNC_SEGMENT_BYTES",
         "DBAAS_SYNC_MAX_AGE",
-        "DBAAS_SNAPSHOT_SECRET",
         broker::dead::DELIVERY_LIMIT_ENV,
     ] {
         if let Ok(v) = std::env::var(passthrough) {

@@ -510,6 +510,29 @@ impl Orchestrator {
             .collect()
     }
 
+    /// A queue of this test's vhost, as RabbitMQ counts it now: messages
+    /// ready for delivery, and delivered but not yet acknowledged.
+    pub fn queue_depth(&self, queue: &str) -> Option<(u64, u64)> {
+        let out = Command::new(&brokers().rabbitmqctl)
+            .args([
+                "list_queues",
+                "-q",
+                "--no-table-headers",
+                "-p",
+                &self.ns.name,
+            ])
+            .args(["name", "messages_ready", "messages_unacknowledged"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            if f.next()? != queue {
+                return None;
+            }
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+    }
+
     pub async fn master_pid(&self) -> Option<u64> {
         self.status().await["master"].as_u64()
     }

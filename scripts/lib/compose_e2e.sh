@@ -148,6 +148,7 @@ _compose_e2e() {
     cat "$ROOT/.env.example"
     echo "RABBITMQ_USER=e2e"
     echo "RABBITMQ_PASS=e2e-$RANDOM$RANDOM"
+    echo "DBAAS_SNAPSHOT_SECRET=e2e-$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
     echo "ORCHESTRATOR_PORT=$E2E_ORCH_PORT"
     echo "LB_PORT=$E2E_LB_PORT"
     stack_image_env

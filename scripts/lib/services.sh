@@ -7,8 +7,11 @@
 # whose generated password is kept in $RUN_DIR/secrets/rabbitmq-password (mode
 # 600); `guest` is deleted (also from the data of a node an earlier version
 # started). ZooKeeper digest credentials (`dbaas:<generated>`) are kept in
-# $RUN_DIR/secrets/zookeeper-auth; use_credentials exports both. Secrets are
-# never put in command arguments: rabbitmqctl reads the password on stdin.
+# $RUN_DIR/secrets/zookeeper-auth; use_credentials exports both. The snapshot
+# secret (DBAAS_SNAPSHOT_SECRET, which authenticates the snapshots workers send
+# each other) is kept in $RUN_DIR/secrets/snapshot-secret; use_snapshot_secret
+# exports it. Secrets are never put in command arguments: rabbitmqctl reads
+# the password on stdin, and the binaries take theirs from the environment.
 
 ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 RUN_DIR=${RUN_DIR:-$ROOT/.run}
@@ -88,6 +91,19 @@ use_zk_credentials() {
   export DBAAS_ZK_AUTH_FILE=$f
 }
 use_credentials
+
+# use_snapshot_secret : generates (once) the snapshot secret under
+# $SECRETS_DIR and exports DBAAS_SNAPSHOT_SECRET with it (unless the caller
+# gave one). The orchestrator passes it to the workers it starts.
+# SNAPSHOT_SECRET_SOURCE says where it came from (never the value).
+use_snapshot_secret() {
+  SNAPSHOT_SECRET_SOURCE="DBAAS_SNAPSHOT_SECRET as given"
+  [ -n "${DBAAS_SNAPSHOT_SECRET:-}" ] && return 0
+  SNAPSHOT_SECRET_SOURCE=$SECRETS_DIR/snapshot-secret
+  new_secret "$SECRETS_DIR/snapshot-secret"
+  DBAAS_SNAPSHOT_SECRET=$(cat "$SECRETS_DIR/snapshot-secret")
+  export DBAAS_SNAPSHOT_SECRET
+}
 
 start_rabbitmq() {
   apt_install rabbitmq-server

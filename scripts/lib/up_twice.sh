@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # up_twice: scripts/up run twice in a row on the same data, as a user would:
 # up, create a user through the load balancer, Ctrl-C, up again, and the user
-# is there, with every worker resuming its own copy (no replay, no snapshot).
+# is there, with every worker resuming its own copy (no replay, no snapshot),
+# and no process running without the snapshot secret scripts/up generates.
 # Private ports and run directory, so a running scripts/up is left alone.
 # Sourced by scripts/test (after services.sh); uses the debug binaries.
 # Runs under `set -e`: every command that may fail is checked.
@@ -24,7 +25,7 @@ up_twice() {
   rm -rf "$dir"
   mkdir -p "$dir"
   local lb=8190 orch=8110
-  local env=(env -u DBAAS_AMQP_URL -u DBAAS_ZK_HOSTS RUN_DIR="$dir" AMQP_PORT=5702
+  local env=(env -u DBAAS_AMQP_URL -u DBAAS_ZK_HOSTS -u DBAAS_SNAPSHOT_SECRET RUN_DIR="$dir" AMQP_PORT=5702
     ZK_PORT=2211 ORCH_PORT=$orch LB_PORT=$lb USERS_PORT=8111 RIDES_PORT=8112
     DBAAS_PROFILE=debug DBAAS_BUILD=0)
   local name="up-twice-$RANDOM"
@@ -55,6 +56,11 @@ up_twice() {
         log "not every worker resumed its own copy: $status"
         ok=0
       fi
+    fi
+    # scripts/up generated a snapshot secret, and every process has it.
+    if grep -qs "snapshots are not authenticated" "$dir/up-$round.log" "$dir"/logs/*; then
+      log "a process of scripts/up runs without the snapshot secret"
+      ok=0
     fi
     # TERM: Ctrl-C's INT is ignored by a script started in the background.
     kill -TERM "$up" 2>/dev/null || true

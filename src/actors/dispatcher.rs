@@ -7,9 +7,17 @@
 //!
 //! It keeps the [`Routes`] the `Election` last told it, and each request's
 //! [`Target`] says, under them, which [`Queue`] it goes to and whether it can
-//! be served at all (the rules live in [`super::rpc::request`]). It publishes
-//! and nothing else: the reply slot is the RPC boundary's ([`super::rpc`]),
-//! registered with the `RpcWaiter` before the request reaches this actor.
+//! be served at all (the rules live in [`super::rpc::request`]). It publishes,
+//! and tells the `Scaler` of each read it takes (below); the reply slot is the
+//! RPC boundary's ([`super::rpc`]), registered with the `RpcWaiter` before the
+//! request reaches this actor.
+//!
+//! **What the Scaler counts.** A read is counted here and nowhere else, once
+//! it is known to be both valid (only requests that validated reach the
+//! boundary) and servable under the current routes: a `min_seq` refused as
+//! beyond any sequence number (a 400) is not counted, so neither malformed
+//! nor unservable reads can scale the cluster. A servable read is counted
+//! even if the broker then fails to take it: the demand was real.
 
 use std::time::Duration;
 
@@ -20,6 +28,7 @@ use lapin::{BasicProperties, Channel};
 
 pub use super::rpc::request::Routes;
 use super::rpc::request::{Queue, Target};
+use super::scaler::ReadReceived;
 use crate::broker::{self, REQUEST_ID_HEADER, RESPONSE_Q};
 use crate::db::Failure;
 
@@ -166,6 +175,8 @@ pub struct Probe;
 pub struct Dispatcher<P: Publisher> {
     publisher: Option<P>,
     routes: Routes,
+    /// Told of every read taken (the `Scaler`).
+    reads: Option<Recipient<ReadReceived>>,
 }
 
 impl<P: Publisher> Dispatcher<P> {
@@ -173,7 +184,14 @@ impl<P: Publisher> Dispatcher<P> {
         Dispatcher {
             publisher,
             routes: Routes::default(),
+            reads: None,
         }
+    }
+
+    /// Tells `scaler` of each valid, servable read.
+    pub fn counting_reads(mut self, scaler: Recipient<ReadReceived>) -> Self {
+        self.reads = Some(scaler);
+        self
     }
 }
 
@@ -212,6 +230,10 @@ impl<P: Publisher> Handler<Publish> for Dispatcher<P> {
         if let Err(unservable) = request.target.servable(self.routes) {
             return Box::pin(async move { Err(unservable) });
         }
+        // The one place a read is counted for the Scaler (module docs).
+        if let (Target::Read { .. }, Some(scaler)) = (request.target, &self.reads) {
+            scaler.do_send(ReadReceived);
+        }
         let Some(publisher) = &self.publisher else {
             return Box::pin(async {
                 Err(Failure::unavailable(
@@ -233,7 +255,36 @@ pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use crate::actors::rpc::request::MIN_SEQ_MARGIN;
     use crate::db::{Consistency, ErrorKind};
+
+    /// Stands in for the Scaler: counts the reads it is told of.
+    #[derive(Default)]
+    pub(crate) struct ReadCounter(usize);
+
+    impl Actor for ReadCounter {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<ReadReceived> for ReadCounter {
+        type Result = ();
+        fn handle(&mut self, _: ReadReceived, _: &mut Context<Self>) {
+            self.0 += 1;
+        }
+    }
+
+    /// How many reads the counter was told of (answered after every
+    /// `ReadReceived` sent before it: one mailbox, in order).
+    #[derive(Message)]
+    #[rtype(result = "usize")]
+    pub(crate) struct Counted;
+
+    impl Handler<Counted> for ReadCounter {
+        type Result = usize;
+        fn handle(&mut self, _: Counted, _: &mut Context<Self>) -> usize {
+            self.0
+        }
+    }
 
     /// Records what it publishes; fails every publish when `fail` is set.
     #[derive(Clone, Default)]
@@ -390,6 +441,65 @@ pub(crate) mod tests {
             "{refused:?}"
         );
         assert!(publisher.sent().is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn only_valid_servable_reads_are_counted_for_the_scaler() {
+        let publisher = Recording::default();
+        let counter = ReadCounter::default().start();
+        let dispatcher = Dispatcher::new(Some(publisher.clone()))
+            .counting_reads(counter.clone().recipient())
+            .start();
+        let counted = || counter.send(Counted);
+        dispatcher
+            .send(Routes {
+                serving_slaves: 1,
+                master: true,
+                latest_seq: Some(40),
+            })
+            .await
+            .expect("send");
+        let at = |min| Target::Read {
+            consistency: Consistency::Eventual,
+            min_seq: Some(min),
+        };
+        send_all(
+            &dispatcher,
+            &[
+                (EVENTUAL, "r1"),
+                (STRONG, "s1"),
+                (at(40 + MIN_SEQ_MARGIN), "near"),
+                (Target::Write, "w1"),
+            ],
+        )
+        .await;
+        assert_eq!(counted().await.expect("send"), 3, "every read, no write");
+
+        // Refused (400) as beyond any sequence number: not counted.
+        for id in ["far-1", "far-2"] {
+            let refused = dispatcher
+                .send(publish(at(41 + MIN_SEQ_MARGIN), id))
+                .await
+                .expect("send");
+            assert!(
+                matches!(&refused, Err(f) if f.kind == ErrorKind::BadRequest),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(counted().await.expect("send"), 3, "refused reads counted");
+        assert_eq!(publisher.sent().len(), 4);
+
+        // Servable, but the broker is away (a 503): the demand still counts.
+        dispatcher.send(SetPublisher(None)).await.expect("send");
+        let failed = dispatcher
+            .send(publish(EVENTUAL, "r2"))
+            .await
+            .expect("send");
+        assert!(
+            matches!(&failed, Err(f) if f.kind == ErrorKind::Unavailable),
+            "{failed:?}"
+        );
+        assert_eq!(counted().await.expect("send"), 4);
     }
 
     #[actix_rt::test]

@@ -2,10 +2,12 @@
 //! default) from the first one, asks the supervisor for
 //! `max(1, ceil(reads / reads_per_slave))` slaves, kept within
 //! [`SlaveBounds`], and resets the count.
-//! Only valid reads are counted (the RPC boundary, `super::rpc`, sends
-//! [`ReadReceived`] for each read it is asked, and HTTP asks it only for a
-//! `db/read` whose body validated: malformed reads, writes, crash calls and
-//! worker listings never reach it), so junk cannot scale the cluster.
+//! Only valid, servable reads are counted: the `Dispatcher`
+//! (`super::dispatcher`) sends [`ReadReceived`] for each read it takes, after
+//! its servability check (a `min_seq` beyond any sequence number is refused
+//! there, uncounted), and HTTP hands the boundary only a `db/read` whose body
+//! validated (malformed reads, writes, crash calls and worker listings never
+//! get there), so junk cannot scale the cluster.
 
 use std::collections::VecDeque;
 use std::time::Duration;

@@ -92,6 +92,7 @@ fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     a.brokers.apply_topology();
     a.brokers.apply_zk_auth()?;
+    a.brokers.apply_snapshot_secret()?;
     let tokens = dbaas::http::auth::Tokens::load(
         a.data_tokens.as_ref().map(|t| t.expose()),
         a.data_tokens_file.as_deref(),

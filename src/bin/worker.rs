@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
     dbaas::broker::set_max_reply_bytes(a.max_reply_bytes);
     a.brokers.apply_topology();
     a.brokers.apply_zk_auth()?;
+    a.brokers.apply_snapshot_secret()?;
     dbaas::worker::run(dbaas::worker::Config {
         amqp_url: a.brokers.amqp_url.clone(),
         zk_hosts: a.brokers.zk_hosts.clone(),

@@ -100,6 +100,28 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// The `host:port` an AMQP URL connects to (the scheme's port when it names
+/// none), for judging where the broker is; never the credentials.
+pub fn host_port(url: &str) -> Option<String> {
+    let (scheme, rest) = url.trim().split_once("://")?;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    if authority.is_empty() {
+        return None;
+    }
+    let has_port = match authority.strip_prefix('[') {
+        // [::1] or [::1]:5672
+        Some(v6) => v6.split_once(']').is_some_and(|(_, p)| p.starts_with(':')),
+        None => authority.contains(':'),
+    };
+    if has_port {
+        Some(authority.to_string())
+    } else {
+        let port = if scheme == "amqps" { 5671 } else { 5672 };
+        Some(format!("{authority}:{port}"))
+    }
+}
+
 /// Connects to `url` and declares the topology, retrying with capped backoff
 /// until `patience` runs out. Right after a restart RabbitMQ accepts
 /// connections some time before its durable queues and the stream are usable
@@ -648,6 +670,21 @@ mod tests {
             redacted("amqp://u:p1@h1:5672/v,amqp://u:p2@h2:5672/v"),
             "amqp://u:***@h1:5672/v,amqp://u:***@h2:5672/v"
         );
+    }
+
+    #[test]
+    fn the_host_of_a_url_is_found_without_its_credentials() {
+        for (url, host) in [
+            ("amqp://u:p@127.0.0.1:5684/%2f", Some("127.0.0.1:5684")),
+            ("amqp://u:p@w@rabbitmq/%2f", Some("rabbitmq:5672")),
+            ("amqps://localhost?heartbeat=5", Some("localhost:5671")),
+            ("amqp://[::1]/v", Some("[::1]:5672")),
+            ("amqp://u:p@[::1]:5673", Some("[::1]:5673")),
+            ("amqp://", None),
+            ("not a url", None),
+        ] {
+            assert_eq!(host_port(url).as_deref(), host, "{url}");
+        }
     }
 
     #[test]

@@ -24,7 +24,6 @@ use actix::{Addr, MailboxError, Recipient};
 
 use super::dispatcher::{Outbound, Publish};
 use super::rpc_waiter::RpcWaiter;
-use super::scaler::ReadReceived;
 use crate::broker::messages::Reply;
 use crate::db::{ErrorKind, Failure, ReadOutcome, ReadRequest, WriteOutcome, WriteRequest};
 pub use request::{Request, WriteId};
@@ -33,8 +32,9 @@ use slot::Slot;
 /// What the HTTP handlers ask of the DBaaS. Requests arrive validated; every
 /// failure is typed.
 pub trait Dbaas: 'static {
-    /// A read: counted for the `Scaler` (only valid reads get here), served
-    /// by a slave or the master as its consistency says.
+    /// A read (only valid reads get here), served by a slave or the master
+    /// as its consistency says; counted for the `Scaler` by the `Dispatcher`
+    /// once it is known to be servable.
     fn read(
         &self,
         request: ReadRequest,
@@ -64,22 +64,15 @@ pub trait Dbaas: 'static {
 pub struct Rpc {
     dispatcher: Recipient<Publish>,
     waiter: Addr<RpcWaiter>,
-    scaler: Recipient<ReadReceived>,
     /// How long a request waits for its reply.
     timeout: Duration,
 }
 
 impl Rpc {
-    pub fn new(
-        dispatcher: Recipient<Publish>,
-        waiter: Addr<RpcWaiter>,
-        scaler: Recipient<ReadReceived>,
-        timeout: Duration,
-    ) -> Rpc {
+    pub fn new(dispatcher: Recipient<Publish>, waiter: Addr<RpcWaiter>, timeout: Duration) -> Rpc {
         Rpc {
             dispatcher,
             waiter,
-            scaler,
             timeout,
         }
     }
@@ -138,7 +131,6 @@ fn published_ok(published: Result<Result<(), Failure>, MailboxError>) -> Result<
 
 impl Dbaas for Rpc {
     async fn read(&self, request: ReadRequest, request_id: &str) -> Result<ReadOutcome, Failure> {
-        self.scaler.do_send(ReadReceived);
         match self.call(Request::Read(request), request_id).await? {
             Reply::Read(outcome) => Ok(outcome),
             Reply::Error(failure) => Err(failure),
@@ -162,53 +154,43 @@ impl Dbaas for Rpc {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
     use actix::prelude::*;
 
     use super::*;
-    use crate::actors::dispatcher::tests::Recording;
+    use crate::actors::dispatcher::tests::{Counted, ReadCounter, Recording};
     use crate::actors::dispatcher::{Dispatcher, Routes};
+    use crate::actors::rpc::request::MIN_SEQ_MARGIN;
     use crate::actors::rpc_waiter::{Delivered, Pending};
     use crate::db::request::parse;
-
-    /// Counts the reads the scaler is told of.
-    struct Counter(Arc<AtomicUsize>);
-    impl Actor for Counter {
-        type Context = Context<Self>;
-    }
-    impl Handler<ReadReceived> for Counter {
-        type Result = ();
-        fn handle(&mut self, _: ReadReceived, _: &mut Context<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     struct Harness {
         rpc: Rpc,
         waiter: Addr<RpcWaiter>,
         dispatcher: Addr<Dispatcher<Recording>>,
         publisher: Recording,
-        reads: Arc<AtomicUsize>,
+        /// The Scaler's stand-in.
+        scaler: Addr<ReadCounter>,
+    }
+
+    impl Harness {
+        /// The reads the Scaler has been told of so far.
+        async fn counted(&self) -> usize {
+            self.scaler.send(Counted).await.expect("send")
+        }
     }
 
     fn harness(publisher: Recording, timeout: Duration) -> Harness {
         let waiter = RpcWaiter::default().start();
-        let dispatcher = Dispatcher::new(Some(publisher.clone())).start();
-        let reads = Arc::new(AtomicUsize::new(0));
-        let scaler = Counter(reads.clone()).start();
+        let scaler = ReadCounter::default().start();
+        let dispatcher = Dispatcher::new(Some(publisher.clone()))
+            .counting_reads(scaler.clone().recipient())
+            .start();
         Harness {
-            rpc: Rpc::new(
-                dispatcher.clone().recipient(),
-                waiter.clone(),
-                scaler.recipient(),
-                timeout,
-            ),
+            rpc: Rpc::new(dispatcher.clone().recipient(), waiter.clone(), timeout),
             waiter,
             dispatcher,
             publisher,
-            reads,
+            scaler,
         }
     }
 
@@ -286,7 +268,7 @@ mod tests {
             reply: Reply::Error(behind.clone()),
         });
         assert_eq!(call.await.expect("joined"), Err(behind));
-        assert_eq!(h.reads.load(Ordering::SeqCst), 1, "the read was counted");
+        assert_eq!(h.counted().await, 1, "the read was counted");
     }
 
     #[actix_rt::test]
@@ -347,5 +329,49 @@ mod tests {
         let refused = h.rpc.read(far, "r").await.expect_err("unservable");
         assert_eq!(refused.kind, ErrorKind::BadRequest);
         assert_eq!(pending(&h.waiter).await, 0);
+    }
+
+    /// Issue 14: a read refused as unservable (a 400) does not count for
+    /// the Scaler; one just within the margin does, once, wherever it ends.
+    #[actix_rt::test]
+    async fn only_valid_servable_reads_count_for_the_scaler() {
+        let h = harness(Recording::default(), Duration::from_millis(50));
+        h.dispatcher
+            .send(Routes {
+                serving_slaves: 1,
+                master: true,
+                latest_seq: Some(7),
+            })
+            .await
+            .expect("send");
+        let at = |min: u64| -> ReadRequest {
+            parse(format!(r#"{{"table":"users","min_seq":{min}}}"#).as_bytes()).expect("valid")
+        };
+        for _ in 0..30 {
+            let refused = h
+                .rpc
+                .read(at(8 + MIN_SEQ_MARGIN), "r")
+                .await
+                .expect_err("unservable");
+            assert_eq!(refused.kind, ErrorKind::BadRequest);
+        }
+        assert_eq!(h.counted().await, 0, "30 refused reads were counted");
+        assert!(h.publisher.sent().is_empty());
+
+        // Servable (nobody answers here: it times out, but it was a read).
+        let late = h
+            .rpc
+            .read(at(7 + MIN_SEQ_MARGIN), "r")
+            .await
+            .expect_err("no worker");
+        assert_eq!(late.kind, ErrorKind::Timeout);
+        assert_eq!(h.counted().await, 1);
+        assert_eq!(h.publisher.sent().len(), 1);
+        // Writes never count.
+        let _ = h
+            .rpc
+            .write(WriteRequest::Clear { table: None }, WriteId::fresh(), "r")
+            .await;
+        assert_eq!(h.counted().await, 1);
     }
 }
