@@ -92,19 +92,28 @@ write_and_read() {
 crash() {
   local before killed list pids
   before=$(container_pids)
+  # Container id by host pid, to check the killed one is removed, not left stopped.
+  local ids by_pid
+  ids=$(engine ps -q --filter "label=dbaas.worker=$STACK_INSTANCE")
+  # shellcheck disable=SC2086
+  by_pid=$(engine inspect --format '{{.State.Pid}} {{.Id}}' $ids)
   expect 200 POST "$ORCH/api/v1/crash/$1"
   killed=$(jq -r '.[0]' "$E2E_DIR/body")
   [[ " $before " == *" $killed "* ]] || fail "crash/$1 killed $killed, not one of the worker containers ($before)"
+  local killed_id
+  killed_id=$(awk -v p="$killed" '$1 == p {print $2}' <<< "$by_pid")
+  [ -n "$killed_id" ] || fail "crash/$1: no container id for pid $killed"
   local deadline=$((SECONDS + 90))
   while :; do
     list=$(listed_pids) || list="?"
     [[ " $list " != *" $killed "* ]] || fail "crash/$1: the dead pid $killed is still listed ($list)"
     pids=$(container_pids)
-    if [ "$list" = "$pids" ] && [ "$(wc -w <<< "$pids")" -eq 2 ] && [[ " $pids " != *" $killed "* ]]; then break; fi
-    [ $SECONDS -lt $deadline ] || fail "crash/$1: listed [$list], containers [$pids] 90 s after killing $killed"
+    if [ "$list" = "$pids" ] && [ "$(wc -w <<< "$pids")" -eq 2 ] && [[ " $pids " != *" $killed "* ]] \
+      && [ -z "$(engine ps -aq --filter "id=$killed_id")" ]; then break; fi
+    [ $SECONDS -lt $deadline ] || fail "crash/$1: listed [$list], containers [$pids], killed container ${killed_id:0:12} $(engine ps -a --filter "id=$killed_id" --format '{{.Status}}') 90 s after killing $killed"
     sleep 0.5
   done
-  log "crash/$1 killed $killed; workers now $pids (containers and worker/list agree)"
+  log "crash/$1 killed $killed (its container removed); workers now $pids (containers and worker/list agree)"
   write_and_read "e2e-after-crash-$1"
 }
 
