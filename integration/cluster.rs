@@ -408,7 +408,7 @@ async fn writes_survive_node_loss_leader_loss_and_a_partition_exactly_once() {
         eprintln!("cluster nemesis: {fault}: {failovers} change(s) of master");
         worst = worst.max(during).max(after);
     }
-    every_replica_holds_exactly(&o, &acked, 2).await;
+    every_replica_holds_exactly(&o, &acked, &BTreeSet::new(), 2).await;
     keep_logs(&o);
     // Bounded, with room for a loaded CI machine; the figures are the report.
     assert!(worst < Duration::from_secs(30), "unavailable for {worst:?}");

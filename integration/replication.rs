@@ -111,7 +111,7 @@ async fn acknowledged_writes_survive_crashes_exactly_once_on_every_replica() {
         "every write was eventually acknowledged"
     );
 
-    every_replica_holds_exactly(&o, &acked, 2).await;
+    every_replica_holds_exactly(&o, &acked, &BTreeSet::new(), 2).await;
 }
 
 #[tokio::test]

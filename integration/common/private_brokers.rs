@@ -105,6 +105,37 @@ impl PrivateBrokers {
         self.run("start_zookeeper");
     }
 
+    /// Whether the broker has put on disk the registration of every Ra server
+    /// it runs: the stream coordinator (which starts `syncQ`'s members) and
+    /// each quorum queue (`writeQ`). RabbitMQ 3.10 (Ra 2.2) keeps each
+    /// server's name in a `names.dets` table saved 500 ms after its last
+    /// change; killed before that, the node restarts without the server: the
+    /// stream stays `down` (`NOT_FOUND - home node ... is down`) and the
+    /// quorum queue is recreated empty and never elects a leader, for good,
+    /// whatever the clients do. Found here when the server's data directory
+    /// (named by its uid) has its uid in `names.dets`.
+    pub fn ra_servers_registered_on_disk(&self) -> bool {
+        let node = format!("dbaas-{}@localhost", self.amqp_port);
+        let base = self.dir.path().join("rabbitmq/mnesia").join(&node);
+        ["coordination", "quorum"].iter().all(|system| {
+            let dir = base.join(system).join(&node);
+            let Ok(names) = std::fs::read(dir.join("names.dets")) else {
+                return false;
+            };
+            let uids: Vec<String> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            !uids.is_empty()
+                && uids
+                    .iter()
+                    .all(|uid| names.windows(uid.len()).any(|w| w == uid.as_bytes()))
+        })
+    }
+
     pub fn log_dir(&self) -> &Path {
         self.dir.path()
     }
