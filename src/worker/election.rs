@@ -33,7 +33,7 @@ fn info(state: &WorkerState) -> WorkerInfo {
         pid: state.pid,
         role: state.role.get(),
         seq: state.replica.seq(),
-        epoch: state.epoch.load(std::sync::atomic::Ordering::Relaxed),
+        epoch: *state.epoch.borrow(),
         started_at_ms: state.started_at_ms,
         slot: Some(state.slot),
         start: Some(state.start),

@@ -20,7 +20,6 @@ pub(crate) mod sync;
 pub(crate) mod writes;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,10 +69,12 @@ pub struct WorkerState {
     pub role: Arc<role::RoleCell>,
     /// The markers and barriers read back from `syncQ`.
     pub marks_seen: Arc<marks::Marks>,
-    /// The epoch this worker leads in (0 while a slave).
-    pub epoch: Arc<AtomicU64>,
-    /// The `syncQ` offset after the last message the sync loop processed.
-    pub stream_next: Arc<AtomicU64>,
+    /// The epoch this worker leads in (0 while a slave); only `serve` sets
+    /// it, through the sender `run` hands it.
+    pub epoch: watch::Receiver<u64>,
+    /// The `syncQ` offset after the last message the sync loop processed;
+    /// only the sync loop moves it, through the sender `run` hands it.
+    pub stream_next: watch::Receiver<u64>,
     /// While master: the last seq confirmed on `syncQ` and answered (fenced).
     pub confirmed: Arc<watch::Sender<u64>>,
     /// The slot whose file this worker keeps, and where its copy came from.
@@ -99,6 +100,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let (store, from, start) = open_copy(&conn, &zk, &slot, &config).await?;
     info!(pid, slot = slot.index, ?start, seq = store.seq(), ?from, took = ?started.elapsed(), "copy ready");
+    let (leading, epoch_rx) = watch::channel(0);
+    let (stream_position, stream_next_rx) = watch::channel(0);
     let state = WorkerState {
         pid,
         slot: slot.index,
@@ -106,8 +109,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         replica: Replica::new(store)?,
         role: Arc::new(role::RoleCell::default()),
         marks_seen: Arc::new(marks::Marks::default()),
-        epoch: Arc::new(AtomicU64::new(0)),
-        stream_next: Arc::new(AtomicU64::new(0)),
+        epoch: epoch_rx,
+        stream_next: stream_next_rx,
         confirmed: Arc::new(watch::channel(0).0),
         started_at_ms: chrono::Utc::now().timestamp_millis(),
     };
@@ -131,7 +134,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut from = from;
     let outcome = loop {
         let ended = tokio::select! {
-            stop = sync::run(&conn, state.clone(), from) => {
+            stop = sync::run(&conn, state.clone(), from, &stream_position) => {
                 if stop.copy_unusable() {
                     // Crash-only: the next worker in this slot starts from a snapshot.
                     warn!(pid, slot = slot.index, error = %stop, "own copy cannot follow the log: discarding it");
@@ -145,7 +148,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             // Its RabbitMQ node was cut off from the cluster (and closed):
             // a slave reconnects to another node, a master ends.
             why = broker::link::cut_off(&conn) => anyhow::anyhow!("{why}"),
-            served = serve(&conn, &zk, state.clone(), &config, &slot) => match served {
+            served = serve(&conn, &zk, state.clone(), &config, &slot, &leading) => match served {
                 Ok(()) => break Ok(()),
                 Err(e) => e,
             },
@@ -163,7 +166,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         if conn.status().connected() || !matches!(role, Role::Joining | Role::Slave) {
             break Err(ended);
         }
-        warn!(pid, error = %ended, offset = state.stream_next.load(Ordering::SeqCst), "lost RabbitMQ: reconnecting, then resuming syncQ where this copy stopped");
+        warn!(pid, error = %ended, offset = *state.stream_next.borrow(), "lost RabbitMQ: reconnecting, then resuming syncQ where this copy stopped");
         if let Err(e) = state.role.advance(Role::Joining) {
             break Err(e);
         }
@@ -171,7 +174,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(conn) => conn,
             Err(e) => break Err(e.context("RabbitMQ did not come back")),
         };
-        let next = state.stream_next.load(Ordering::SeqCst);
+        let next = *state.stream_next.borrow();
         if next > 0 {
             from = StreamOffset::At(next);
         }
@@ -303,7 +306,7 @@ fn reopen(slot: &Slot) -> Option<(Store, StreamOffset, StartedFrom)> {
 /// On a clean stop: the copy's last `syncQ` offset, and, for a master whose
 /// every commit is confirmed, that the copy is a prefix of the log again.
 async fn close_copy(state: &WorkerState) {
-    let offset = state.stream_next.load(Ordering::SeqCst);
+    let offset = *state.stream_next.borrow();
     if offset > 0 {
         if let Err(e) = state.replica.record_stream_offset(offset).await {
             warn!(error = %e, "could not record the stream offset");
@@ -334,7 +337,7 @@ async fn record_stream_offset(state: WorkerState, every: Duration) {
     let mut recorded = 0;
     loop {
         tokio::time::sleep(every).await;
-        let next = state.stream_next.load(Ordering::SeqCst);
+        let next = *state.stream_next.borrow();
         if next != recorded {
             match state.replica.record_stream_offset(next).await {
                 Ok(()) => recorded = next,
@@ -351,6 +354,7 @@ async fn serve(
     state: WorkerState,
     config: &Config,
     slot: &Slot,
+    leading: &watch::Sender<u64>,
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let marker = SyncMessage::Marker {
@@ -374,7 +378,7 @@ async fn serve(
     // From the first own commit on, the copy may hold writes that never reach
     // syncQ: a restart must not resume it as a prefix of the log.
     state.replica.record_leading(epoch).await?;
-    state.epoch.store(epoch, Ordering::Relaxed);
+    leading.send_replace(epoch);
     state.role.advance(Role::Promoting)?;
     // Unacked reads go back to readQ for the slaves.
     let _ = reads.channel.close(200, "promoted to master".into()).await;

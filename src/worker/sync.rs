@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::Connection;
+use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use super::WorkerState;
@@ -49,8 +50,15 @@ pub fn superseded_by(me: u32, role: Role, current: u64, pid: u32, epoch: u64) ->
     pid != me && matches!(role, Role::Master | Role::Promoting) && epoch > current
 }
 
-pub async fn run(conn: &Connection, state: WorkerState, from: StreamOffset) -> SyncStop {
-    match consume(conn, &state, from).await {
+/// Reads `syncQ` from `from` and applies it; `position` is moved to the
+/// offset after each batch processed (this loop is its only writer).
+pub async fn run(
+    conn: &Connection,
+    state: WorkerState,
+    from: StreamOffset,
+    position: &watch::Sender<u64>,
+) -> SyncStop {
+    match consume(conn, &state, from, position).await {
         Ok(()) => SyncStop::Ended,
         Err(e) => e,
     }
@@ -102,6 +110,7 @@ async fn consume(
     conn: &Connection,
     state: &WorkerState,
     from: StreamOffset,
+    position: &watch::Sender<u64>,
 ) -> Result<(), SyncStop> {
     let (_channel, mut consumer) = subscribe(conn, state, from).await?;
     info!(pid = state.pid, ?from, "reading syncQ");
@@ -133,9 +142,7 @@ async fn consume(
             continue;
         };
         if let Some(offset) = broker::delivery_stream_offset(&last.properties) {
-            state
-                .stream_next
-                .store(offset + 1, std::sync::atomic::Ordering::SeqCst);
+            position.send_replace(offset + 1);
         }
         last.ack(BasicAckOptions { multiple: true }).await?;
     }

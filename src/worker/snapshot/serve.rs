@@ -354,7 +354,7 @@ async fn serve_one(
     reply.send(&Frame::Accepted { source: state.pid }).await?;
     // The stream position first: everything after the backup's seq is
     // published after it, so resuming here misses nothing.
-    let resume_offset = state.stream_next.load(std::sync::atomic::Ordering::SeqCst);
+    let resume_offset = *state.stream_next.borrow();
     let temp = TempFile(out.to_path_buf());
     let (db, dest) = (db.to_path_buf(), out.to_path_buf());
     let mut backup = tokio::task::spawn_blocking(move || {
