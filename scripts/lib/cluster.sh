@@ -11,7 +11,19 @@
 #   CLUSTER_SIZE   (3)
 #   CLUSTER_DIR    ($ROOT/.run/cluster)  data, logs, pids, secrets
 #   CLUSTER_NET_TICKTIME (10)  seconds: how soon RabbitMQ notices a cut-off
-#                              node (it then pauses: pause_minority)
+#                              node (it then pauses: pause_minority) when
+#                              nothing below notices it sooner
+#   CLUSTER_DIST_USER_TIMEOUT_MS (3000)  TCP_USER_TIMEOUT on the inter-node
+#                              connections (0: not set): a link whose data
+#                              stays unacknowledged that long is dropped and
+#                              the peer seen down (about 3-4 s after a cut)
+#   CLUSTER_NET_SETUPTIME (2)  seconds a node may spend setting up a connection
+#                              to a peer (Erlang's default 7): the stream
+#                              coordinator waits that long on a cut-off node
+#   CLUSTER_ATEN_POLL_MS (1000)  Ra's failure detector (aten) poll interval;
+#                              RabbitMQ 3.10 sets 5000, and a quorum queue
+#                              follower waits one poll and one more before
+#                              electing a new leader
 #
 # Inside each namespace the host is named h<i> (`unshare --uts`), which is
 # what the Erlang node names use (rabbit@h<i>); /etc/netns/<ns>/hosts names
@@ -25,6 +37,9 @@ CLUSTER_SUBNET=${CLUSTER_SUBNET:-10.77.0}
 CLUSTER_SIZE=${CLUSTER_SIZE:-3}
 CLUSTER_DIR=${CLUSTER_DIR:-$ROOT/.run/cluster}
 CLUSTER_NET_TICKTIME=${CLUSTER_NET_TICKTIME:-10}
+CLUSTER_ATEN_POLL_MS=${CLUSTER_ATEN_POLL_MS:-1000}
+CLUSTER_DIST_USER_TIMEOUT_MS=${CLUSTER_DIST_USER_TIMEOUT_MS:-3000}
+CLUSTER_NET_SETUPTIME=${CLUSTER_NET_SETUPTIME:-2}
 CLUSTER_BRIDGE=${CLUSTER_NAME}br0
 CLUSTER_FWD_TAG="dbaas-cluster $CLUSTER_NAME"
 CLUSTER_SECRETS=$CLUSTER_DIR/secrets
@@ -89,7 +104,8 @@ cluster_net_down() {
     rm -rf "/etc/netns/$ns"
   done
   for link in "${CLUSTER_NAME}-h1" "${CLUSTER_NAME}-h2" "${CLUSTER_NAME}-h3" "$CLUSTER_BRIDGE"; do
-    ip link show "$link" >/dev/null 2>&1 && ip link delete "$link"
+    # A veth can vanish between the two (its namespace's deletion takes its pair).
+    if ip link show "$link" >/dev/null 2>&1; then ip link delete "$link" 2>/dev/null || true; fi
   done
   while iptables -D FORWARD -i "$CLUSTER_BRIDGE" -o "$CLUSTER_BRIDGE" -m comment --comment "$CLUSTER_FWD_TAG" -j ACCEPT 2>/dev/null; do :; done
   rm -rf "$CLUSTER_DIR/state"
@@ -154,7 +170,15 @@ rabbit_config() {
       echo "cluster_partition_handling = pause_minority"
     } > "$RABBIT_HOME/rabbitmq.conf"
     # A cut-off node is noticed after about net_ticktime (10 s) rather than 60.
-    echo "[{kernel,[{net_ticktime,$CLUSTER_NET_TICKTIME}]}]." > "$RABBIT_HOME/advanced.config"
+    local dist=""
+    if [ "$CLUSTER_DIST_USER_TIMEOUT_MS" -gt 0 ]; then
+      # TCP_USER_TIMEOUT (IPPROTO_TCP 6, option 18) on the inter-node
+      # connections: the kernel aborts one whose data stays unacknowledged
+      # that long, and the node is seen down then rather than after net_ticktime.
+      local opt="{raw,6,18,<<$CLUSTER_DIST_USER_TIMEOUT_MS:32/native>>}"
+      dist=",{inet_dist_connect_options,[$opt]},{inet_dist_listen_options,[$opt]}"
+    fi
+    echo "[{kernel,[{net_ticktime,$CLUSTER_NET_TICKTIME},{net_setuptime,$CLUSTER_NET_SETUPTIME}$dist]},{aten,[{poll_interval,$CLUSTER_ATEN_POLL_MS}]}]." > "$RABBIT_HOME/advanced.config"
     : > "$RABBIT_HOME/rabbitmq-env.conf"
     echo "[]." > "$RABBIT_HOME/enabled_plugins"
   )

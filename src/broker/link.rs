@@ -108,8 +108,17 @@ pub async fn cut_off(conn: &Connection) -> String {
 
 /// Probes until a confirm does not come in time (`Ok(why)`), or the
 /// connection fails (`Err`).
+///
+/// The probe queue must outlive every probe: a quorum queue's `x-expires`
+/// counts only consumers and `basic.get` as use (RabbitMQ 3.10 expires one
+/// even when it is declared again, rabbitmq-server#5894), not publishes, and a
+/// publish to a queue that is gone is confirmed at once by the node itself,
+/// cut off or not. So the probe consumes its own queue (no-ack, drained by a
+/// task): the queue lives as long as the connection, and goes a minute after it.
+/// A declare that does not finish in time (the node waits for a peer it has
+/// not yet seen go) is tried again rather than ending the probe.
 async fn probe(conn: &Connection) -> anyhow::Result<String> {
-    use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+    use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
     use lapin::types::{AMQPValue, FieldTable};
 
     let queue = format!("probe.{}", uuid::Uuid::new_v4().simple());
@@ -122,20 +131,45 @@ async fn probe(conn: &Connection) -> anyhow::Result<String> {
         "x-queue-leader-locator".into(),
         AMQPValue::LongString("client-local".into()),
     );
-    // Gone a minute after its connection: probes of dead processes do not pile up.
+    // Gone a minute after its consumer (this connection): probes of dead
+    // processes do not pile up.
     args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
     args.insert("x-max-length".into(), AMQPValue::LongInt(1));
-    let channel = super::confirmed_channel(conn).await?;
     let declare = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    tokio::time::timeout(
-        PROBE_PATIENCE,
-        channel.queue_declare(queue.as_str().into(), declare, args),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("declaring the probe queue timed out"))??;
+    let channel = loop {
+        let channel = super::confirmed_channel(conn).await?;
+        match tokio::time::timeout(
+            PROBE_PATIENCE,
+            channel.queue_declare(queue.as_str().into(), declare, args.clone()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => break channel,
+            Ok(Err(e)) if !conn.status().connected() => return Err(e.into()),
+            Ok(Err(e)) => warn!(error = %e, "declaring the probe queue failed; trying again"),
+            Err(_) => warn!("declaring the probe queue took over {PROBE_PATIENCE:?}; trying again"),
+        }
+        // A fresh channel each time: a late declare-ok or a channel error
+        // must not be taken for the next answer.
+        let _ = tokio::time::timeout(PROBE_PATIENCE, channel.close(200, "retry".into())).await;
+        tokio::time::sleep(PROBE_EVERY).await;
+    };
+    let mut own = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "probe".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    // Ends when the channel does.
+    tokio::spawn(async move { while own.next().await.is_some() {} });
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         let confirm = channel
