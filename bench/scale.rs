@@ -239,27 +239,8 @@ async fn one_size(rows: u64, sweep: bool) -> Sized {
     // The database's size: the backup holds what the file and its WAL hold.
     let file_mb = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
     let cp_to = refs.path().join("cp.sqlite");
-    let t = Instant::now();
-    let status = std::process::Command::new("cp")
-        .arg(&file)
-        .arg(&cp_to)
-        .status()
-        .expect("cp");
-    assert!(status.success());
-    let cp_s = t.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&cp_to);
-    let cp_cold_s = drop_caches().then(|| {
-        let t = Instant::now();
-        let status = std::process::Command::new("cp")
-            .arg(&file)
-            .arg(&cp_to)
-            .status()
-            .expect("cp");
-        assert!(status.success());
-        let took = t.elapsed().as_secs_f64();
-        let _ = std::fs::remove_file(&cp_to);
-        took
-    });
+    let cp_s = timed_cp(&file, &cp_to);
+    let cp_cold_s = drop_caches().then(|| timed_cp(&file, &cp_to));
 
     // The replacement.
     let before = o.pids().await;
@@ -413,6 +394,20 @@ async fn transfer(brokers: &PrivateBrokers, file: &Path, chunk: usize) -> f64 {
     assert!(got.is_ok(), "transfer at {chunk}: {:?}", got.err());
     server.await.expect("server");
     let _ = conn.close(200, "done".into()).await;
+    took
+}
+
+/// Seconds to `cp` `from` to `to` (the copy is removed afterwards).
+fn timed_cp(from: &Path, to: &Path) -> f64 {
+    let t = Instant::now();
+    let status = std::process::Command::new("cp")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let took = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(to);
     took
 }
 

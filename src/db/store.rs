@@ -816,6 +816,22 @@ mod tests {
             r#"{{"table":"users","insert":{{"username":"{name}","password":"p"}}}}"#
         ))
     }
+    /// Commits one user per name on `master` (write ids w0, w1, ...): its log entries.
+    fn log_of(master: &mut Store, names: &[&str]) -> Vec<LogEntry> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                committed(
+                    master
+                        .commit(&format!("w{i}"), 1, &user(n))
+                        .expect("commit"),
+                )
+                .0
+            })
+            .collect()
+    }
+
     fn committed(c: Commit) -> (LogEntry, WriteOutcome) {
         match c {
             Commit::New(e, o) => (e, o),
@@ -1167,18 +1183,7 @@ mod tests {
     fn replica_applies_in_order_and_reports_gaps_duplicates_and_stale_epochs() {
         let mut master = Store::open_in_memory().expect("db");
         let mut replica = Store::open_in_memory().expect("db");
-        let entries: Vec<LogEntry> = ["a", "b", "c"]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                committed(
-                    master
-                        .commit(&format!("w{i}"), 1, &user(n))
-                        .expect("commit"),
-                )
-                .0
-            })
-            .collect();
+        let entries = log_of(&mut master, &["a", "b", "c"]);
         assert_eq!(
             replica.apply_sync(&entries[1]).expect("gap"),
             SyncApplied::Gap { expected: 1 }
@@ -1217,18 +1222,7 @@ mod tests {
     #[test]
     fn a_batch_of_entries_applies_in_one_go_and_stops_at_a_gap() {
         let mut master = Store::open_in_memory().expect("db");
-        let entries: Vec<LogEntry> = ["a", "b", "c", "d", "e"]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                committed(
-                    master
-                        .commit(&format!("w{i}"), 1, &user(n))
-                        .expect("commit"),
-                )
-                .0
-            })
-            .collect();
+        let entries = log_of(&mut master, &["a", "b", "c", "d", "e"]);
         let mut replica = Store::open_in_memory().expect("db");
         // a, a again, b, then d (c missing): a and b are kept, the rest not looked at.
         let batch = [
@@ -1261,18 +1255,7 @@ mod tests {
     #[test]
     fn a_batch_with_an_entry_that_cannot_apply_keeps_nothing() {
         let mut master = Store::open_in_memory().expect("db");
-        let entries: Vec<LogEntry> = ["a", "b"]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                committed(
-                    master
-                        .commit(&format!("w{i}"), 1, &user(n))
-                        .expect("commit"),
-                )
-                .0
-            })
-            .collect();
+        let entries = log_of(&mut master, &["a", "b"]);
         let mut replica = Store::open_in_memory().expect("db");
         // The second inserts the first's username again: this copy diverged.
         let mut clash = entries[0].clone();
