@@ -95,6 +95,8 @@ fn every_variable_the_images_set_is_accepted() {
 #[test]
 fn every_variable_the_orchestrator_gives_workers_is_accepted() {
     let config = dbaas::orchestrator::Config {
+        id: "o1".into(),
+        advertise: "http://o1:80".into(),
         amqp_url: "amqp://x".into(),
         zk_hosts: "zk:2181".into(),
         zk_session_timeout: std::time::Duration::from_secs(2),

@@ -14,6 +14,7 @@ mod ha;
 mod inputs;
 mod linearizability;
 mod observability;
+mod orchestrators;
 mod replication;
 mod restarts;
 mod rideshare;

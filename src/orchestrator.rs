@@ -1,11 +1,14 @@
 //! Wiring of the orchestrator process: starts the actors, keeps its RabbitMQ
 //! session and its ZooKeeper session (both come back after their server
 //! restarts), feeds the actors (replies from `responseQ`, ZooKeeper
-//! membership, worker exits), serves HTTP, and shuts down in order. It never
-//! exits because a dependency is away: it answers 503 meanwhile, and
-//! `/api/v1/ready` says why.
+//! membership, worker exits), stands for leadership among the orchestrators
+//! (`coord::leadership`: only the leader supervises and scales; every one
+//! serves HTTP), serves HTTP, and shuts down in order. It never exits because
+//! a dependency is away: it answers 503 meanwhile, and `/api/v1/ready` says
+//! why.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +25,7 @@ use crate::actors::scaler::{Scaler, SlaveBounds};
 use crate::actors::supervisor::{ContainerSupervisor, StopAll, WorkerExited};
 use crate::broker;
 use crate::config::HttpLimits;
+use crate::coord::leadership::{self, Campaign, OrchestratorInfo, Standing, ZkFence};
 use crate::coord::{self, session::Session};
 use crate::http::{self, AppState};
 use crate::runtime::docker::{DockerConfig, DockerRuntime};
@@ -30,6 +34,10 @@ use crate::runtime::WorkerRuntime;
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// This orchestrator's name among the orchestrators (unique).
+    pub id: String,
+    /// Base URL at which the other orchestrators reach its HTTP API.
+    pub advertise: String,
     pub amqp_url: String,
     pub zk_hosts: String,
     pub zk_session_timeout: Duration,
@@ -80,6 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // needs the election, which needs the dispatcher, which counts reads for
     // the Scaler); reads counted meanwhile wait in its mailbox.
     let scaler_context = Context::<Scaler>::new();
+    let reads_here = Arc::new(AtomicU64::new(0));
     // No publisher until the broker session is up: requests get 503 meanwhile.
     let dispatcher = Dispatcher::<AmqpPublisher>::new(None)
         .counting_reads(scaler_context.address().recipient())
@@ -135,6 +144,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(runtime = runtime.name(), "worker runtime ready");
     let zk_for_cleanup = zk.clone();
     let supervisor = ContainerSupervisor::new(runtime, config.initial_slaves)
+        .under_leadership(Arc::new(ZkFence(zk.clone())))
         .with_election(election.clone().recipient())
         .with_znode_cleanup(Arc::new(move |pid| {
             let zk = zk_for_cleanup.clone();
@@ -149,11 +159,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             });
         }))
         .start();
-    let scaler = scaler_context.run(Scaler::new(
-        config.scale_interval,
-        config.reads_per_slave,
-        config.slave_bounds,
-        supervisor.clone().recipient(),
+    let scaler = scaler_context.run(
+        Scaler::new(
+            config.scale_interval,
+            config.reads_per_slave,
+            config.slave_bounds,
+            supervisor.clone().recipient(),
+        )
+        .under_leadership(reads_here.clone()),
+    );
+
+    // Every orchestrator stands for leadership; only the leader's supervisor
+    // and scaler act (they start as followers).
+    let me = OrchestratorInfo {
+        id: config.id.clone(),
+        http: config.advertise.clone(),
+        started_at_ms: chrono::Utc::now().timestamp_millis(),
+        reads: 0,
+    };
+    let (standing_tx, standing) = tokio::sync::watch::channel(Standing::Following { leader: None });
+    let campaign = Campaign {
+        session: zk.clone(),
+        me: me.clone(),
+        reads: reads_here.clone(),
+        standing: Arc::new(standing_tx),
+        actors: vec![supervisor.clone().recipient(), scaler.clone().recipient()],
+    };
+    info!(id = %me.id, advertise = %me.http, "standing for leadership among the orchestrators");
+    let campaigning = tokio::spawn(crate::tasks::keep(
+        tasks.clone(),
+        "leadership",
+        move |round| leadership::campaign(campaign.clone(), round),
     ));
 
     // The long-lived tasks, each meant to run as long as the process: owned
@@ -172,6 +208,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             zk.clone(),
             vec![election.clone().recipient(), supervisor.clone().recipient()],
             Duration::from_millis(500),
+        ),
+    );
+    background.spawn_local(
+        "read count",
+        leadership::share_reads(
+            zk.clone(),
+            me.clone(),
+            reads_here,
+            standing.clone(),
+            scaler.clone().recipient(),
+            Duration::from_secs(1),
         ),
     );
     let (dead_tx, dead_writes) = tokio::sync::watch::channel(None);
@@ -193,7 +240,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let state = web::Data::new(AppState {
         broker_probe: dispatcher.recipient(),
-        zk,
+        zk: zk.clone(),
+        me: me.clone(),
+        standing: standing.clone(),
+        forwarder: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()?,
         election,
         supervisor: supervisor.clone(),
         scaler,
@@ -247,10 +299,58 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!("shutting down: HTTP first, then workers");
     handle.stop(true).await;
     let _ = served.await;
-    if config.stop_workers_on_exit {
-        let _ = supervisor.send(StopAll).await;
+    let leading = standing.borrow().leading().is_some();
+    if config.stop_workers_on_exit && leading {
+        match others_running(&zk, &me.id).await {
+            Some(0) => {
+                let _ = supervisor.send(StopAll).await;
+            }
+            Some(n) => info!(
+                others = n,
+                "other orchestrators run: leaving the workers to the next leader"
+            ),
+            None => {
+                warn!("cannot tell whether other orchestrators run: leaving the workers running")
+            }
+        }
+    }
+    // The next leader need not wait for this session to expire.
+    campaigning.abort();
+    if let Ok(client) = zk.client() {
+        if let Err(e) = leadership::step_down(&client, &me.id).await {
+            warn!(error = %e, "leaving the leadership election failed");
+        }
     }
     Ok(())
+}
+
+/// This machine's host name (`localhost` if it cannot be read).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The URL the other orchestrators use for a server bound to `bind`: the
+/// bind address itself, or `host` in place of an unspecified address.
+pub fn advertised(bind: &str, host: &str) -> String {
+    let addr = match bind.rsplit_once(':') {
+        Some(("0.0.0.0" | "[::]" | "::", port)) => format!("{host}:{port}"),
+        _ => bind.to_string(),
+    };
+    format!("http://{addr}")
+}
+
+/// How many other orchestrators are registered (None: ZooKeeper cannot tell).
+async fn others_running(zk: &Session, me: &str) -> Option<usize> {
+    let client = zk.client().ok()?;
+    let all = tokio::time::timeout(Duration::from_secs(5), leadership::orchestrators(&client))
+        .await
+        .ok()?
+        .ok()?;
+    Some(all.iter().filter(|o| o.id != me).count())
 }
 
 /// Keeps the orchestrator's RabbitMQ session: on each connection, the

@@ -106,3 +106,12 @@ pub fn scaler_decision(reads: u64, slaves: usize) {
     gauge!("dbaas_scaler_last_interval_reads").set(reads as f64);
     gauge!("dbaas_scaler_target_slaves").set(slaves as f64);
 }
+
+/// This orchestrator leads (1) or follows (0); each time it starts leading
+/// counts as a takeover.
+pub fn leadership(leading: bool) {
+    gauge!("dbaas_orchestrator_leading").set(if leading { 1.0 } else { 0.0 });
+    if leading {
+        counter!("dbaas_leader_takeovers_total").increment(1);
+    }
+}

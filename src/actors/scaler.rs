@@ -8,8 +8,16 @@
 //! there, uncounted), and HTTP hands the boundary only a `db/read` whose body
 //! validated (malformed reads, writes, crash calls and worker listings never
 //! get there), so junk cannot scale the cluster.
+//!
+//! With several orchestrators every Scaler counts its own reads into a shared
+//! tally (published in ZooKeeper by `coord::leadership::share_reads`), and only
+//! the leader's decides: it adds what the others counted
+//! ([`ReadsElsewhere`]), so the rule holds for the sum. A follower's Scaler
+//! keeps no interval; a new leader's starts one at the next read.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -17,6 +25,7 @@ use serde::Serialize;
 use tracing::info;
 
 use super::supervisor::SetSlaves;
+use crate::coord::leadership::{ReadsElsewhere, Standing};
 
 /// One `db/read` request arrived.
 #[derive(Message, Debug, Clone, Copy)]
@@ -46,7 +55,11 @@ pub struct ScalerStatus {
     pub reads_per_slave: u64,
     pub min_slaves: usize,
     pub max_slaves: usize,
-    /// Reads counted in the current interval.
+    /// Whether this Scaler decides (its orchestrator leads).
+    pub deciding: bool,
+    /// Reads this orchestrator counted since it started.
+    pub counted_here: u64,
+    /// Reads counted in the current interval (on the leader: by every orchestrator).
     pub reads: u64,
     /// False until the first read starts the timer.
     pub timer_started: bool,
@@ -103,6 +116,11 @@ pub struct Scaler {
     next_tick: Option<std::time::Instant>,
     decisions: VecDeque<Decision>,
     supervisor: Recipient<SetSlaves>,
+    /// Every read this orchestrator counted, never reset (what the others see).
+    tally: Arc<AtomicU64>,
+    /// Whether it decides (its orchestrator leads).
+    leading: bool,
+    timer: Option<SpawnHandle>,
 }
 
 impl Scaler {
@@ -120,7 +138,43 @@ impl Scaler {
             next_tick: None,
             decisions: VecDeque::new(),
             supervisor,
+            tally: Arc::default(),
+            leading: true,
+            timer: None,
         }
+    }
+
+    /// A Scaler that decides only while its orchestrator leads (told by
+    /// [`Standing`]), counting every read into `tally` meanwhile.
+    pub fn under_leadership(mut self, tally: Arc<AtomicU64>) -> Self {
+        self.tally = tally;
+        self.leading = false;
+        self
+    }
+
+    /// Adds `n` reads to the interval, starting it at the first.
+    fn count(&mut self, n: u64, ctx: &mut Context<Self>) {
+        if !self.leading || n == 0 {
+            return;
+        }
+        self.reads = self.reads.saturating_add(n);
+        if self.next_tick.is_none() {
+            info!(interval = ?self.interval, "first read: scaling timer started");
+            self.next_tick = Some(std::time::Instant::now() + self.interval);
+            self.timer = Some(ctx.run_interval(self.interval, |act, ctx| {
+                act.next_tick = Some(std::time::Instant::now() + act.interval);
+                ctx.notify(Tick);
+            }));
+        }
+    }
+
+    /// Back to no interval and no count.
+    fn stop_interval(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        self.next_tick = None;
+        self.reads = 0;
     }
 }
 
@@ -131,14 +185,25 @@ impl Actor for Scaler {
 impl Handler<ReadReceived> for Scaler {
     type Result = ();
     fn handle(&mut self, _: ReadReceived, ctx: &mut Context<Self>) {
-        self.reads = self.reads.saturating_add(1);
-        if self.next_tick.is_none() {
-            info!(interval = ?self.interval, "first read: scaling timer started");
-            self.next_tick = Some(std::time::Instant::now() + self.interval);
-            ctx.run_interval(self.interval, |act, ctx| {
-                act.next_tick = Some(std::time::Instant::now() + act.interval);
-                ctx.notify(Tick);
-            });
+        self.tally.fetch_add(1, Ordering::Relaxed);
+        self.count(1, ctx);
+    }
+}
+
+impl Handler<ReadsElsewhere> for Scaler {
+    type Result = ();
+    fn handle(&mut self, ReadsElsewhere(n): ReadsElsewhere, ctx: &mut Context<Self>) {
+        self.count(n, ctx);
+    }
+}
+
+impl Handler<Standing> for Scaler {
+    type Result = ();
+    fn handle(&mut self, standing: Standing, ctx: &mut Context<Self>) {
+        let leading = standing.leading().is_some();
+        if leading != self.leading {
+            self.leading = leading;
+            self.stop_interval(ctx);
         }
     }
 }
@@ -146,6 +211,9 @@ impl Handler<ReadReceived> for Scaler {
 impl Handler<Tick> for Scaler {
     type Result = ();
     fn handle(&mut self, _: Tick, _: &mut Context<Self>) {
+        if !self.leading {
+            return;
+        }
         let wanted = slaves_for(self.reads, self.reads_per_slave);
         let slaves = self.bounds.clamp(wanted);
         info!(reads = self.reads, wanted, slaves, "scaling decision");
@@ -171,6 +239,8 @@ impl Handler<GetScalerStatus> for Scaler {
             reads_per_slave: self.reads_per_slave,
             min_slaves: self.bounds.min,
             max_slaves: self.bounds.max,
+            deciding: self.leading,
+            counted_here: self.tally.load(Ordering::Relaxed),
             reads: self.reads,
             timer_started: self.next_tick.is_some(),
             next_tick_in_ms: self.next_tick.map(|t| {
@@ -234,6 +304,62 @@ mod tests {
 
     fn seen(v: &Arc<Mutex<Vec<usize>>>) -> Vec<usize> {
         v.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    #[actix_rt::test]
+    async fn only_the_leaders_scaler_decides_and_it_decides_on_the_sum() {
+        let seen_by_sink = Arc::new(Mutex::new(Vec::new()));
+        let sink = Sink(seen_by_sink.clone()).start();
+        let tally = Arc::new(AtomicU64::new(0));
+        let s = Scaler::new(
+            Duration::from_secs(3600),
+            20,
+            SlaveBounds::default(),
+            sink.recipient(),
+        )
+        .under_leadership(tally.clone())
+        .start();
+        // A follower counts its reads for the leader, and decides nothing.
+        for _ in 0..30 {
+            s.send(ReadReceived).await.expect("send");
+        }
+        s.send(ReadsElsewhere(100)).await.expect("send");
+        s.send(Tick).await.expect("send");
+        let status = s.send(GetScalerStatus).await.expect("send");
+        assert_eq!(
+            (status.deciding, status.counted_here, status.reads),
+            (false, 30, 0)
+        );
+        assert!(!status.timer_started);
+        assert!(seen(&seen_by_sink).is_empty());
+
+        // Leading: its own reads and the others' make one interval.
+        s.send(Standing::Leading {
+            epoch: 1,
+            slaves: None,
+        })
+        .await
+        .expect("send");
+        for _ in 0..15 {
+            s.send(ReadReceived).await.expect("send");
+        }
+        s.send(ReadsElsewhere(30)).await.expect("send");
+        let status = s.send(GetScalerStatus).await.expect("send");
+        assert!(status.deciding && status.timer_started);
+        s.send(Tick).await.expect("send");
+        assert_eq!(seen(&seen_by_sink), vec![3], "15 + 30 reads → 3 slaves");
+        assert_eq!(tally.load(Ordering::Relaxed), 45);
+
+        // Deposed mid-interval: the count and the timer go.
+        s.send(ReadReceived).await.expect("send");
+        s.send(Standing::Following { leader: None })
+            .await
+            .expect("send");
+        let status = s.send(GetScalerStatus).await.expect("send");
+        assert_eq!(
+            (status.deciding, status.reads, status.timer_started),
+            (false, 0, false)
+        );
     }
 
     #[actix_rt::test]

@@ -10,6 +10,15 @@
 //! may no longer serve, and killing it hands the deliveries it holds back to
 //! the queues at once, for its successor (it is then replaced like any death).
 //!
+//! With several orchestrators only the leader's supervisor acts
+//! ([`Standing`], from `coord::leadership`): a follower's keeps watching but
+//! starts, stops and kills nothing, and refuses the crash API
+//! ([`CrashError::NotLeader`]: HTTP forwards it to the leader). A new leader
+//! waits for a fresh membership, adopts the workers it shows, and carries on
+//! with the slaves the previous leader last wanted. Every runtime action is
+//! first checked against ZooKeeper ([`Fence`]): a leader deposed without
+//! knowing it yet does nothing.
+//!
 //! Only workers the runtime vouches for ([`WorkerRuntime::vouch`]: started by
 //! it, or adopted after verification) are seen at all: anything else
 //! registered under `/dbaas/workers` is logged once and left out of the view,
@@ -25,6 +34,7 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use super::election::ForgetWorker;
+use crate::coord::leadership::{Fence, Standing};
 use crate::coord::Membership;
 use crate::prometheus;
 use crate::runtime::WorkerRuntime;
@@ -47,6 +57,8 @@ pub enum CrashError {
     NoTarget(&'static str),
     #[error("killing worker {pid} failed: {reason}")]
     Runtime { pid: u32, reason: String },
+    #[error("this orchestrator does not lead")]
+    NotLeader,
 }
 
 /// The number of slaves to keep (the master is not counted).
@@ -71,6 +83,9 @@ pub struct GetSupervisorStatus;
 #[derive(Debug, Clone, Serialize)]
 pub struct SupervisorStatus {
     pub runtime: &'static str,
+    /// The leadership epoch it acts under (None: it does not lead, so it
+    /// acts on nothing).
+    pub leading: Option<u64>,
     pub desired_slaves: usize,
     pub starting: Vec<u32>,
     pub stopping: Vec<u32>,
@@ -117,6 +132,13 @@ pub struct ContainerSupervisor {
     /// Registrations the runtime refused to vouch for: pid → the record's
     /// `started_at_ms` (asked again only when the record changes).
     impostors: HashMap<u32, i64>,
+    /// The leadership epoch it acts under; None: it acts on nothing.
+    leading: Option<u64>,
+    /// A new leader's runtime is taking on the running workers: no decision yet.
+    adopting: bool,
+    /// Checks the epoch before each action (None: a supervisor on its own,
+    /// leading for good: tests and single-process tools).
+    fence: Option<Arc<dyn Fence>>,
 }
 
 impl ContainerSupervisor {
@@ -138,6 +160,37 @@ impl ContainerSupervisor {
             seen_membership: false,
             shutting_down: false,
             impostors: HashMap::new(),
+            leading: Some(0),
+            adopting: false,
+            fence: None,
+        }
+    }
+
+    /// A supervisor that acts only while its orchestrator leads: it starts as
+    /// a follower and is told ([`Standing`]) when it leads, each action first
+    /// checked by `fence`.
+    pub fn under_leadership(mut self, fence: Arc<dyn Fence>) -> Self {
+        self.leading = None;
+        self.fence = Some(fence);
+        self
+    }
+
+    /// `action`, run only if the epoch this supervisor leads with still
+    /// holds (checked by the fence), else an error.
+    fn fenced<T: Send + 'static>(
+        &self,
+        action: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+    ) -> impl std::future::Future<Output = anyhow::Result<T>> + 'static {
+        let fence = self.fence.clone();
+        let epoch = self.leading;
+        async move {
+            match (epoch, fence) {
+                (None, _) => Err(anyhow::anyhow!("this orchestrator does not lead")),
+                (Some(epoch), Some(fence)) if !fence.holds(epoch).await => Err(anyhow::anyhow!(
+                    "leadership epoch {epoch} no longer holds: not acting"
+                )),
+                _ => action.await,
+            }
         }
     }
 
@@ -174,7 +227,7 @@ impl ContainerSupervisor {
     }
 
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
-        if !self.seen_membership || self.shutting_down {
+        if !self.seen_membership || self.shutting_down || self.leading.is_none() || self.adopting {
             return;
         }
         let in_flight = self.starts_in_flight.load(Ordering::SeqCst);
@@ -202,8 +255,9 @@ impl ContainerSupervisor {
         self.starts_in_flight.fetch_add(1, Ordering::SeqCst);
         let runtime = self.runtime.clone();
         let in_flight = self.starts_in_flight.clone();
+        let start = self.fenced(async move { runtime.start().await });
         async move {
-            let res = runtime.start().await;
+            let res = start.await;
             in_flight.fetch_sub(1, Ordering::SeqCst);
             res
         }
@@ -236,7 +290,7 @@ impl ContainerSupervisor {
 
     /// Ends a worker whose registration vanished while it may still run.
     fn end_lost(&mut self, pid: u32, ctx: &mut Context<Self>) {
-        if self.shutting_down {
+        if self.shutting_down || self.leading.is_none() {
             return;
         }
         self.lost.insert(pid);
@@ -252,13 +306,13 @@ impl ContainerSupervisor {
     /// exited on its own).
     fn end(&mut self, pid: u32, kill: bool, ctx: &mut Context<Self>) {
         let runtime = self.runtime.clone();
-        async move {
+        self.fenced(async move {
             if kill {
                 runtime.kill(pid).await
             } else {
                 runtime.stop(pid).await
             }
-        }
+        })
         .into_actor(self)
         .map(move |res, act, ctx| {
             if let Err(e) = res {
@@ -324,8 +378,11 @@ impl Actor for ContainerSupervisor {
                 warn!(pid, "worker never registered; giving up on it");
                 act.starting.remove(&pid);
                 let runtime = act.runtime.clone();
+                let kill = act.fenced(async move { runtime.kill(pid).await });
                 actix::spawn(async move {
-                    let _ = runtime.kill(pid).await;
+                    if let Err(e) = kill.await {
+                        info!(pid, error = %e, "ending a worker that never registered");
+                    }
                 });
             }
             act.reconcile(ctx);
@@ -401,7 +458,57 @@ impl Handler<SetSlaves> for ContainerSupervisor {
             self.event(format!("slaves wanted: {} -> {n}", self.desired_slaves));
             self.desired_slaves = n;
         }
+        // Recorded for the next leader (only while this epoch holds).
+        if let (Some(epoch), Some(fence)) = (self.leading, &self.fence) {
+            actix::spawn(fence.record_slaves(epoch, n));
+        }
         self.reconcile(ctx);
+    }
+}
+
+impl Handler<Standing> for ContainerSupervisor {
+    type Result = ();
+    fn handle(&mut self, standing: Standing, ctx: &mut Context<Self>) {
+        match standing {
+            Standing::Leading { epoch, slaves } => {
+                if self.leading == Some(epoch) {
+                    return;
+                }
+                self.leading = Some(epoch);
+                if let Some(n) = slaves {
+                    self.desired_slaves = n;
+                }
+                // What an earlier term started and never saw register is the
+                // runtime's to time out; this term decides from a fresh view,
+                // once the runtime has taken on the running workers.
+                self.starting.clear();
+                self.seen_membership = false;
+                self.adopting = true;
+                self.event(format!(
+                    "leading (epoch {epoch}): adopting the registered workers, {} slaves wanted",
+                    self.desired_slaves
+                ));
+                let runtime = self.runtime.clone();
+                async move { runtime.adopt_running().await }
+                    .into_actor(self)
+                    .map(|adopted, act, ctx| {
+                        if let Err(e) = adopted {
+                            warn!(error = %e, "taking on the running workers failed; deciding from ZooKeeper's view");
+                        }
+                        act.adopting = false;
+                        act.seen_membership = false;
+                        act.reconcile(ctx);
+                    })
+                    .spawn(ctx);
+            }
+            Standing::Following { .. } => {
+                if let Some(epoch) = self.leading.take() {
+                    self.event(format!(
+                        "no longer leading (epoch {epoch}): supervision stopped"
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -409,6 +516,9 @@ impl Handler<Crash> for ContainerSupervisor {
     type Result = ResponseActFuture<Self, Result<u32, CrashError>>;
 
     fn handle(&mut self, Crash(target): Crash, _: &mut Context<Self>) -> Self::Result {
+        if self.leading.is_none() {
+            return Box::pin(fut::ready(Err(CrashError::NotLeader)));
+        }
         let live = self.live();
         let pid = match target {
             Target::Master => self.view.master_pid().filter(|p| live.contains(p)),
@@ -429,21 +539,23 @@ impl Handler<Crash> for ContainerSupervisor {
         };
         self.crashing.insert(pid);
         let runtime = self.runtime.clone();
-        Box::pin(async move { runtime.kill(pid).await }.into_actor(self).map(
-            move |res, act, ctx| match res {
-                Ok(()) => {
-                    act.mark_dead(pid, ctx);
-                    Ok(pid)
-                }
-                Err(e) => {
-                    act.crashing.remove(&pid);
-                    Err(CrashError::Runtime {
-                        pid,
-                        reason: e.to_string(),
-                    })
-                }
-            },
-        ))
+        Box::pin(
+            self.fenced(async move { runtime.kill(pid).await })
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(()) => {
+                        act.mark_dead(pid, ctx);
+                        Ok(pid)
+                    }
+                    Err(e) => {
+                        act.crashing.remove(&pid);
+                        Err(CrashError::Runtime {
+                            pid,
+                            reason: e.to_string(),
+                        })
+                    }
+                }),
+        )
     }
 }
 
@@ -491,6 +603,7 @@ impl Handler<GetSupervisorStatus> for ContainerSupervisor {
     fn handle(&mut self, _: GetSupervisorStatus, _: &mut Context<Self>) -> Self::Result {
         MessageResult(SupervisorStatus {
             runtime: self.runtime.name(),
+            leading: self.leading,
             desired_slaves: self.desired_slaves,
             starting: self.starting.keys().copied().collect(),
             stopping: self.stopping.iter().copied().collect(),
@@ -592,6 +705,122 @@ mod tests {
             let _ = sup.send(GetSupervisorStatus).await;
         }
         sup.send(GetSupervisorStatus).await.expect("status")
+    }
+
+    /// A fence whose answer the test sets, recording the slaves recorded.
+    #[derive(Default)]
+    struct Switch {
+        holds: std::sync::atomic::AtomicBool,
+        recorded: Mutex<Vec<(u64, usize)>>,
+    }
+
+    impl Fence for Switch {
+        fn holds(&self, _: u64) -> BoxFuture<'static, bool> {
+            let holds = self.holds.load(Ordering::SeqCst);
+            Box::pin(async move { holds })
+        }
+        fn record_slaves(&self, epoch: u64, slaves: usize) -> BoxFuture<'static, ()> {
+            if let Ok(mut r) = self.recorded.lock() {
+                r.push((epoch, slaves));
+            }
+            Box::pin(async {})
+        }
+    }
+
+    fn led(rt: &Arc<Recording>, fence: &Arc<Switch>, slaves: usize) -> Addr<ContainerSupervisor> {
+        ContainerSupervisor::new(rt.clone(), slaves)
+            .under_leadership(fence.clone())
+            .start()
+    }
+
+    #[actix_rt::test]
+    async fn a_follower_acts_on_nothing_until_it_leads_then_adopts_and_carries_on() {
+        let rt = Arc::new(Recording::default());
+        let fence = Arc::new(Switch::default());
+        fence.holds.store(true, Ordering::SeqCst);
+        let sup = led(&rt, &fence, 1);
+        // A master alone, a slave's registration gone: a leader would start
+        // one and end the vanished one; a follower does neither.
+        sup.send(membership(5, &[5, 9])).await.expect("send");
+        sup.send(membership(5, &[5])).await.expect("send");
+        sup.send(SetSlaves(3)).await.expect("send");
+        assert_eq!(
+            sup.send(Crash(Target::Master)).await.expect("send"),
+            Err(CrashError::NotLeader)
+        );
+        assert!(settle(&sup).await.leading.is_none());
+        assert!(rt.calls().is_empty(), "{:?}", rt.calls());
+        assert!(fence.recorded.lock().expect("lock").is_empty());
+
+        // Told it leads, with the slaves the previous leader wanted: it waits
+        // for a fresh membership, adopts it, and starts only what is missing.
+        sup.send(Standing::Leading {
+            epoch: 4,
+            slaves: Some(2),
+        })
+        .await
+        .expect("send");
+        assert!(
+            settle(&sup).await.starting.is_empty(),
+            "nothing before a fresh view"
+        );
+        assert!(rt.calls().is_empty(), "{:?}", rt.calls());
+        sup.send(membership(5, &[5, 9])).await.expect("send");
+        let status = settle(&sup).await;
+        assert_eq!(status.leading, Some(4));
+        assert_eq!(status.desired_slaves, 2);
+        assert_eq!(rt.calls(), vec!["start 100"]);
+
+        // Deposed: nothing more, and the crash API is refused again.
+        sup.send(Standing::Following { leader: None })
+            .await
+            .expect("send");
+        sup.send(membership(5, &[5])).await.expect("send");
+        assert_eq!(
+            sup.send(Crash(Target::Master)).await.expect("send"),
+            Err(CrashError::NotLeader)
+        );
+        settle(&sup).await;
+        assert_eq!(rt.calls(), vec!["start 100"]);
+    }
+
+    #[actix_rt::test]
+    async fn a_leader_whose_epoch_no_longer_holds_does_nothing() {
+        let rt = Arc::new(Recording::default());
+        let fence = Arc::new(Switch::default());
+        let sup = led(&rt, &fence, 1);
+        sup.send(Standing::Leading {
+            epoch: 2,
+            slaves: None,
+        })
+        .await
+        .expect("send");
+        // It believes it leads, but ZooKeeper says another epoch does.
+        sup.send(membership(5, &[5])).await.expect("send");
+        let crashed = sup.send(Crash(Target::Master)).await.expect("send");
+        assert!(
+            matches!(crashed, Err(CrashError::Runtime { pid: 5, .. })),
+            "{crashed:?}"
+        );
+        settle(&sup).await;
+        assert!(rt.calls().is_empty(), "{:?}", rt.calls());
+    }
+
+    #[actix_rt::test]
+    async fn the_leaders_scaling_decisions_are_recorded_for_the_next_leader() {
+        let rt = Arc::new(Recording::default());
+        let fence = Arc::new(Switch::default());
+        fence.holds.store(true, Ordering::SeqCst);
+        let sup = led(&rt, &fence, 1);
+        sup.send(Standing::Leading {
+            epoch: 7,
+            slaves: None,
+        })
+        .await
+        .expect("send");
+        sup.send(SetSlaves(3)).await.expect("send");
+        settle(&sup).await;
+        assert_eq!(*fence.recorded.lock().expect("lock"), vec![(7, 3)]);
     }
 
     #[actix_rt::test]

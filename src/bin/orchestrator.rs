@@ -20,6 +20,13 @@ struct Args {
     /// HTTP address (port 80 in containers).
     #[arg(long, env = "DBAAS_BIND", default_value = "127.0.0.1:8000")]
     bind: String,
+    /// This orchestrator's name among several (unique); default: host name and pid.
+    #[arg(long, env = "DBAAS_ORCHESTRATOR_ID")]
+    id: Option<String>,
+    /// URL at which the other orchestrators reach this one's HTTP API;
+    /// default: `http://` and the bind address (host name for 0.0.0.0).
+    #[arg(long, env = "DBAAS_ADVERTISE_URL")]
+    advertise_url: Option<String>,
     /// How long an HTTP request waits for a worker's reply.
     #[arg(long, env = "DBAAS_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     request_timeout_ms: u64,
@@ -126,7 +133,15 @@ fn main() -> anyhow::Result<()> {
             log_dir: a.worker_log_dir,
         }
     };
+    let host = dbaas::orchestrator::host_name();
+    let id =
+        a.id.unwrap_or_else(|| format!("{host}-{}", std::process::id()));
+    let advertise = a
+        .advertise_url
+        .unwrap_or_else(|| dbaas::orchestrator::advertised(&a.bind, &host));
     let config = dbaas::orchestrator::Config {
+        id,
+        advertise,
         amqp_url: a.brokers.amqp_url.clone(),
         zk_hosts: a.brokers.zk_hosts.clone(),
         zk_session_timeout: a.brokers.zk_session_timeout(),

@@ -6,6 +6,8 @@
 //! /dbaas/master          ephemeral, held by the master: MasterInfo (pid, epoch)
 //! /dbaas/epoch           persistent counter, bumped (compare-and-set) by each new master
 //! /dbaas/assigned/<name> persistent, the host pid the supervisor read for a container
+//! /dbaas/orchestrators/…, /dbaas/leader, /dbaas/leader_epoch, /dbaas/scale
+//!                        which orchestrator leads: see [`leadership`]
 //! ```
 //!
 //! With digest credentials ([`set_auth`], from `DBAAS_ZK_AUTH`), every session
@@ -19,6 +21,7 @@
 //! every client, as before (development on loopback).
 
 pub mod election;
+pub mod leadership;
 mod membership;
 pub mod session;
 
@@ -203,15 +206,23 @@ fn layout_error(path: &str, e: zk::Error) -> anyhow::Error {
 }
 
 async fn ensure_layout(client: &zk::Client) -> anyhow::Result<()> {
-    for path in [ROOT, WORKERS, ASSIGNED] {
+    for path in [
+        ROOT,
+        WORKERS,
+        ASSIGNED,
+        leadership::ORCHESTRATORS,
+        leadership::SCALE,
+    ] {
         match client.create(path, b"", &persistent()).await {
             Ok(_) | Err(zk::Error::NodeExists) => {}
             Err(e) => return Err(layout_error(path, e)),
         }
     }
-    match client.create(EPOCH, b"0", &persistent()).await {
-        Ok(_) | Err(zk::Error::NodeExists) => {}
-        Err(e) => return Err(layout_error(EPOCH, e)),
+    for counter in [EPOCH, leadership::LEADER_EPOCH] {
+        match client.create(counter, b"0", &persistent()).await {
+            Ok(_) | Err(zk::Error::NodeExists) => {}
+            Err(e) => return Err(layout_error(counter, e)),
+        }
     }
     if auth().is_some() {
         restrict_open_nodes(client).await?;
@@ -222,10 +233,18 @@ async fn ensure_layout(client: &zk::Client) -> anyhow::Result<()> {
 /// Gives the persistent znodes an earlier run created open to anyone the
 /// credentials-only ACL (ephemeral ones of that run go with their sessions).
 async fn restrict_open_nodes(client: &zk::Client) -> anyhow::Result<()> {
-    let mut paths: Vec<String> = [ROOT, WORKERS, ASSIGNED, EPOCH]
-        .iter()
-        .map(|p| p.to_string())
-        .collect();
+    let mut paths: Vec<String> = [
+        ROOT,
+        WORKERS,
+        ASSIGNED,
+        EPOCH,
+        leadership::ORCHESTRATORS,
+        leadership::LEADER_EPOCH,
+        leadership::SCALE,
+    ]
+    .iter()
+    .map(|p| p.to_string())
+    .collect();
     match client.list_children(ASSIGNED).await {
         Ok(children) => paths.extend(children.iter().map(|c| assigned_path(c))),
         Err(e) => return Err(layout_error(ASSIGNED, e)),

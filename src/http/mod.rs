@@ -29,6 +29,12 @@ pub struct AppState {
     pub broker_probe: Recipient<Probe>,
     /// The orchestrator's ZooKeeper session.
     pub zk: Session,
+    /// This orchestrator, as the others see it.
+    pub me: crate::coord::leadership::OrchestratorInfo,
+    /// Whether it leads, or whom it follows.
+    pub standing: tokio::sync::watch::Receiver<crate::coord::leadership::Standing>,
+    /// Forwards the crash API to the leader when this orchestrator follows.
+    pub forwarder: reqwest::Client,
     pub election: Addr<Election>,
     pub supervisor: Addr<ContainerSupervisor>,
     pub scaler: Addr<Scaler>,

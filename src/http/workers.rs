@@ -1,8 +1,14 @@
 //! `POST /api/v1/crash/master`, `POST /api/v1/crash/slave`,
 //! `GET /api/v1/worker/list`, `GET /api/v1/worker/status`, `GET /api/v1/scaler`.
+//!
+//! Only the leading orchestrator acts on workers: a follower forwards the
+//! crash API to the leader (with the caller's credentials, once: a forwarded
+//! call is never forwarded again) and answers with the leader's answer.
+
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use super::error::ApiError;
@@ -10,6 +16,7 @@ use super::AppState;
 use crate::actors::election::GetMembership;
 use crate::actors::scaler::{GetScalerStatus, ScalerStatus};
 use crate::actors::supervisor::{Crash, CrashError, GetSupervisorStatus, SupervisorStatus, Target};
+use crate::coord::leadership::{OrchestratorInfo, Standing};
 use crate::coord::{Role, StartedFrom};
 
 /// A 500 for an actor that did not take the message (stopped, or its mailbox
@@ -19,15 +26,30 @@ fn unreachable_actor(e: actix::MailboxError) -> ApiError {
     ApiError::internal(format!("internal actor unavailable: {e}"))
 }
 
-pub async fn crash_master(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    crash(&state, Target::Master).await
+pub async fn crash_master(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    crash(&state, &req, Target::Master).await
 }
 
-pub async fn crash_slave(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    crash(&state, Target::Slave).await
+pub async fn crash_slave(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    crash(&state, &req, Target::Slave).await
 }
 
-async fn crash(state: &AppState, target: Target) -> Result<HttpResponse, ApiError> {
+/// Marks a crash call one orchestrator forwarded to the leader.
+const FORWARDED: &str = "x-dbaas-forwarded-by";
+/// How long a follower waits for the leader's answer to a forwarded call.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+
+async fn crash(
+    state: &AppState,
+    req: &HttpRequest,
+    target: Target,
+) -> Result<HttpResponse, ApiError> {
     match state
         .supervisor
         .send(Crash(target))
@@ -36,8 +58,53 @@ async fn crash(state: &AppState, target: Target) -> Result<HttpResponse, ApiErro
     {
         Ok(pid) => Ok(HttpResponse::Ok().json([pid.to_string()])),
         Err(e @ CrashError::NoTarget(_)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Err(CrashError::NotLeader) => forward_to_leader(state, req).await,
         Err(e) => Err(ApiError::internal(e.to_string())),
     }
+}
+
+/// Sends the same call to the leading orchestrator and relays its answer.
+async fn forward_to_leader(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, ApiError> {
+    let leader = match &*state.standing.borrow() {
+        Standing::Following { leader: Some(l) } => l.clone(),
+        _ => {
+            return Err(ApiError::unavailable(
+                "no orchestrator leads right now (an election is under way); retry shortly",
+            ))
+        }
+    };
+    if req.headers().contains_key(FORWARDED) {
+        return Err(ApiError::unavailable(format!(
+            "forwarded here as to the leader, but {} leads now; retry shortly",
+            leader.id
+        )));
+    }
+    let url = format!("{}{}", leader.http.trim_end_matches('/'), req.path());
+    let mut call = state
+        .forwarder
+        .post(&url)
+        .timeout(FORWARD_TIMEOUT)
+        .header(FORWARDED, state.me.id.as_str());
+    if let Some(auth) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
+        call = call.header(reqwest::header::AUTHORIZATION, auth.as_bytes());
+    }
+    let answer = call.send().await.map_err(|e| {
+        ApiError::unavailable(format!(
+            "the leading orchestrator {} did not answer: {e}",
+            leader.id
+        ))
+    })?;
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = answer.bytes().await.map_err(|e| {
+        ApiError::unavailable(format!(
+            "the leading orchestrator {}'s answer broke off: {e}",
+            leader.id
+        ))
+    })?;
+    tracing::info!(leader = %leader.id, %status, path = req.path(), "crash call forwarded to the leader");
+    Ok(HttpResponse::build(status)
+        .content_type("application/json")
+        .body(body))
 }
 
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -66,8 +133,19 @@ struct WorkerStatus {
     start: Option<StartedFrom>,
 }
 
+/// This orchestrator among the orchestrators.
+#[derive(Serialize)]
+struct OrchestratorStatus {
+    id: String,
+    #[serde(flatten)]
+    standing: Standing,
+    /// Every live orchestrator (empty: ZooKeeper not reachable).
+    orchestrators: Vec<OrchestratorInfo>,
+}
+
 #[derive(Serialize)]
 struct Status {
+    orchestrator: OrchestratorStatus,
     master: Option<u32>,
     epoch: Option<u64>,
     workers: Vec<WorkerStatus>,
@@ -105,7 +183,24 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
             start: w.start,
         })
         .collect();
+    let orchestrators = match state.zk.client() {
+        Ok(client) => tokio::time::timeout(
+            Duration::from_secs(2),
+            crate::coord::leadership::orchestrators(&client),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let standing = state.standing.borrow().clone();
     Ok(HttpResponse::Ok().json(Status {
+        orchestrator: OrchestratorStatus {
+            id: state.me.id.clone(),
+            standing,
+            orchestrators,
+        },
         master,
         epoch: membership.master.map(|m| m.epoch),
         workers,

@@ -103,7 +103,8 @@ pub struct DockerRuntime {
 
 impl DockerRuntime {
     /// Connects (DOCKER_HOST or the local socket) and adopts the running
-    /// containers carrying this instance's label.
+    /// containers carrying this instance's label (again on
+    /// [`WorkerRuntime::adopt_running`], skipping those it tracks).
     pub async fn connect(
         config: DockerConfig,
         zk: Session,
@@ -142,6 +143,9 @@ impl DockerRuntime {
                 continue;
             };
             let name = name.trim_start_matches('/').to_string();
+            if lock(&self.containers).values().any(|n| *n == name) {
+                continue;
+            }
             match self.pid_of(&name).await {
                 Ok(pid) => {
                     info!(pid, name, "adopted running worker container");
@@ -248,6 +252,12 @@ impl WorkerRuntime for DockerRuntime {
 
     fn start(&self) -> BoxFuture<'_, anyhow::Result<u32>> {
         Box::pin(self.start_one())
+    }
+
+    /// The labelled containers another orchestrator started since this one
+    /// connected (it becomes leader).
+    fn adopt_running(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(self.adopt())
     }
 
     fn kill(&self, pid: u32) -> BoxFuture<'_, anyhow::Result<()>> {

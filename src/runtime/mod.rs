@@ -30,6 +30,12 @@ pub trait WorkerRuntime: Send + Sync + 'static {
         let _ = (pid, started_at_ms);
         true
     }
+    /// Takes on the workers running now that this runtime has not tracked
+    /// (an orchestrator becoming leader: its predecessor started them).
+    /// Runtimes that adopt through [`WorkerRuntime::vouch`] need nothing here.
+    fn adopt_running(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Sender half of a runtime's exit notifications.
