@@ -414,6 +414,31 @@ async fn writes_survive_node_loss_leader_loss_and_a_partition_exactly_once() {
     assert!(worst < Duration::from_secs(30), "unavailable for {worst:?}");
 }
 
+/// The leading orchestrator SIGKILLed on the cluster while writers go
+/// through two orchestrators (issue 20): the scenario of
+/// `orchestrators::leaders_death_hands_over`, on the three hosts' brokers.
+#[tokio::test]
+#[ignore = "needs scripts/cluster's network namespaces: run by scripts/test"]
+async fn the_leading_orchestrator_dies_and_another_adopts_the_workers() {
+    let opts = Options {
+        namespace: Some(namespace().await),
+        extra_env: vec![
+            ("DBAAS_REPLICAS".into(), "3".into()),
+            (
+                "DBAAS_SNAPSHOT_SECRET".into(),
+                "cluster-nemesis-snapshot-secret".into(),
+            ),
+            (
+                "DBAAS_ZK_SESSION_TIMEOUT_MS".into(),
+                SESSION_TIMEOUT_MS.to_string(),
+            ),
+        ],
+        request_timeout_ms: 10_000,
+        ..Options::default()
+    };
+    crate::orchestrators::leaders_death_hands_over("cluster-leader", opts).await;
+}
+
 /// `readQ` on a cluster is a quorum queue declared with
 /// [`dbaas::broker::work_queue_args`]; reads carry a per-message TTL (the
 /// request timeout) so one nobody took in time is dropped rather than served

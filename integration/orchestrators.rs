@@ -244,25 +244,33 @@ impl Writers {
 
 #[tokio::test]
 async fn the_leaders_death_hands_over_to_another_that_adopts_the_workers() {
-    let opts = Options {
-        slaves: 2,
-        ..Options::default()
-    };
-    let first = Orchestrator::start("leader-dies", opts).await;
-    leads(&first, Duration::from_secs(20)).await;
-    let second = another("leader-dies", &first, Vec::new()).await;
+    leaders_death_hands_over("leader-dies", Options::default()).await;
+}
+
+/// Two orchestrators (on `opts`' brokers, with 2 slaves), writers going
+/// through both as through a load balancer, and the leader SIGKILLed: the
+/// other leads within the session timeout, adopts the same workers (none
+/// replaced), the writes go on, a crashed slave is replaced by the new
+/// leader, and every acknowledged write is once on every replica. Also run
+/// on the three simulated hosts (`cluster::`).
+pub(crate) async fn leaders_death_hands_over(test: &str, opts: Options) {
+    let extra_env = opts.extra_env.clone();
+    let first = Orchestrator::start(test, Options { slaves: 2, ..opts }).await;
+    leads(&first, Duration::from_secs(30)).await;
+    let second = another(test, &first, extra_env).await;
     let before = pids(&first.wait_for_workers(2).await);
 
     let writers = Writers::start(&second.http, vec![first.url.clone(), second.url.clone()], 3);
+    let started = Instant::now();
     wait_until("writes flow", Duration::from_secs(30), || async {
-        (writers.acked_after(Instant::now() - Duration::from_secs(60)) >= 20).then_some(())
+        (writers.acked_after(started) >= 20).then_some(())
     })
     .await
     .expect("writes acknowledged before the kill");
 
     let killed = Instant::now();
     sigkill(first.pid().expect("the first orchestrator's pid"));
-    leads(&second, Duration::from_secs(20)).await;
+    leads(&second, Duration::from_secs(30)).await;
     eprintln!(
         "leader SIGKILLed -> the other leads: {:?}",
         killed.elapsed()

@@ -16,6 +16,12 @@ USERS_HOST=${USERS_HOST:-127.0.0.1}
 USERS_PORT=${USERS_PORT:-8001}
 RIDES_HOST=${RIDES_HOST:-127.0.0.1}
 RIDES_PORT=${RIDES_PORT:-8002}
+# Optional: DBAAS_UPSTREAMS ("host:port host:port ...", several orchestrators)
+# and DBAAS_LB_PORT: a second server on LB_HOST:DBAAS_LB_PORT spreading the
+# DBaaS API over them, moving a request to the next orchestrator when one
+# does not answer or answers 502/503 (scripts/cluster).
+DBAAS_UPSTREAMS=${DBAAS_UPSTREAMS:-}
+DBAAS_LB_PORT=${DBAAS_LB_PORT:-}
 
 # lb_error_pages : prints the server directives that make nginx answer its own
 # errors (oversized body or URI, malformed request, slow client, unreachable or
@@ -83,7 +89,31 @@ $(lb_error_pages)
     location /api/v1/users/ { proxy_pass http://users; }
     location / { proxy_pass http://rides; }
   }
+$(lb_dbaas_server)
 }
+CONF
+}
+
+# lb_dbaas_server : the DBaaS server block when DBAAS_UPSTREAMS is set.
+lb_dbaas_server() {
+  [ -n "$DBAAS_UPSTREAMS" ] && [ -n "$DBAAS_LB_PORT" ] || return 0
+  local u servers=""
+  for u in $DBAAS_UPSTREAMS; do servers="$servers server $u max_fails=1 fail_timeout=3s;"; done
+  cat <<CONF
+  upstream dbaas {$servers keepalive 16; }
+  server {
+    listen $LB_HOST:$DBAAS_LB_PORT;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host \$http_host;
+    proxy_read_timeout 60s;
+    proxy_connect_timeout 2s;
+    # A dead orchestrator's requests go to the next one (non-idempotent
+    # writes too only when nothing was sent: a refused connection).
+    proxy_next_upstream error timeout http_502 http_503;
+$(lb_error_pages)
+    location / { proxy_pass http://dbaas; }
+  }
 CONF
 }
 
