@@ -111,6 +111,7 @@ fn every_variable_the_orchestrator_gives_workers_is_accepted() {
             image: "w".into(),
             network: "host".into(),
             instance: "i".into(),
+            hosts: Vec::new(),
         },
         stop_workers_on_exit: true,
         auth: dbaas::http::auth::Auth::open(),

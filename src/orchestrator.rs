@@ -32,6 +32,9 @@ use crate::runtime::docker::{DockerConfig, DockerRuntime};
 use crate::runtime::process::{ProcessConfig, ProcessRuntime};
 use crate::runtime::WorkerRuntime;
 
+/// `DBAAS_DOCKER_HOSTS`: the engines the docker runtime spreads workers over.
+pub use crate::runtime::docker::parse_hosts as parse_docker_hosts;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// This orchestrator's name among the orchestrators (unique).
@@ -74,6 +77,8 @@ pub enum RuntimeOptions {
         network: String,
         /// Label value that marks this orchestrator's workers.
         instance: String,
+        /// The engines workers may run on, by name (empty: DOCKER_HOST).
+        hosts: Vec<(String, String)>,
     },
 }
 
@@ -126,6 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             image,
             network,
             instance,
+            hosts,
         } => Arc::new(
             DockerRuntime::connect(
                 DockerConfig {
@@ -134,6 +140,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     instance: instance.clone(),
                     env: worker_env(&config),
                     stop_grace: STOP_GRACE,
+                    hosts: hosts.clone(),
                 },
                 zk.clone(),
                 exits_tx,

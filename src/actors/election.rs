@@ -238,6 +238,7 @@ mod tests {
             started_at_ms: 0,
             slot: None,
             start: None,
+            host: None,
         }
     }
 

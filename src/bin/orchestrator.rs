@@ -66,6 +66,10 @@ struct Args {
     /// Label value marking this orchestrator's worker containers (default: the ZooKeeper hosts).
     #[arg(long, env = "DBAAS_INSTANCE")]
     instance: Option<String>,
+    /// Docker engines to spread the workers over, `name=url,...` (e.g.
+    /// `h1=tcp://10.0.0.1:2375`); default: DOCKER_HOST or the local socket.
+    #[arg(long, env = "DBAAS_DOCKER_HOSTS")]
+    docker_hosts: Option<String>,
     /// Worker binary (process runtime); default: `worker` beside this binary.
     #[arg(long, env = "DBAAS_WORKER_BIN")]
     worker_bin: Option<PathBuf>,
@@ -116,6 +120,9 @@ fn main() -> anyhow::Result<()> {
             image: a.worker_image,
             network: a.docker_network,
             instance: a.instance.unwrap_or_else(|| a.brokers.zk_hosts.clone()),
+            hosts: dbaas::orchestrator::parse_docker_hosts(
+                a.docker_hosts.as_deref().unwrap_or(""),
+            )?,
         }
     } else {
         let worker_bin = match a.worker_bin {

@@ -26,6 +26,10 @@ struct Args {
     /// Wait for the supervisor to assign the pid at /dbaas/assigned/<NAME> (containers).
     #[arg(long, env = "DBAAS_WORKER_NAME")]
     assigned_name: Option<String>,
+    /// Where this worker runs, as `worker/status` shows it (the docker
+    /// runtime names the engine it started the worker on; default: the host name).
+    #[arg(long, env = "DBAAS_WORKER_HOST")]
+    host: Option<String>,
     /// How long a read with min_seq waits for this replica to catch up.
     #[arg(long, env = "DBAAS_READ_WAIT_MS", default_value_t = 5000)]
     read_wait_ms: u64,
@@ -53,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: a.data_dir,
         pid: a.pid,
         assigned_name: a.assigned_name,
+        host: a.host.unwrap_or_else(dbaas::orchestrator::host_name),
         read_wait: Duration::from_millis(a.read_wait_ms),
         catch_up: if a.catch_up == "replay" {
             dbaas::worker::CatchUp::Replay

@@ -74,6 +74,9 @@ pub struct WorkerInfo {
     /// Where the worker's data came from when it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<StartedFrom>,
+    /// The host (or Docker engine) it runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Where a worker's copy came from when it started.

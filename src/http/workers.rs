@@ -131,6 +131,9 @@ struct WorkerStatus {
     slot: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     start: Option<StartedFrom>,
+    /// Where it runs: the host, or the Docker engine it was started on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
 }
 
 /// This orchestrator among the orchestrators.
@@ -181,6 +184,7 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
             age_ms: now - w.started_at_ms,
             slot: w.slot,
             start: w.start,
+            host: w.host.clone(),
         })
         .collect();
     let orchestrators = match state.zk.client() {

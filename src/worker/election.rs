@@ -37,6 +37,7 @@ fn info(state: &WorkerState) -> WorkerInfo {
         started_at_ms: state.started_at_ms,
         slot: Some(state.slot),
         start: Some(state.start),
+        host: Some(state.host.clone()),
     }
 }
 

@@ -48,6 +48,8 @@ pub struct Config {
     /// In a container the worker cannot see its host pid: it waits for the
     /// supervisor to write it at `/dbaas/assigned/<name>`.
     pub assigned_name: Option<String>,
+    /// Where it runs (shown in `worker/status`).
+    pub host: String,
     /// How long a read with `min_seq` waits for this replica to catch up.
     pub read_wait: Duration,
     /// Join from a peer's snapshot (default) or by replaying all of `syncQ`.
@@ -81,6 +83,7 @@ pub struct WorkerState {
     pub slot: u32,
     pub start: StartedFrom,
     pub started_at_ms: i64,
+    pub host: String,
 }
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -113,6 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stream_next: stream_next_rx,
         confirmed: Arc::new(watch::channel(0).0),
         started_at_ms: chrono::Utc::now().timestamp_millis(),
+        host: config.host.clone(),
     };
 
     // Background loops that never end by design: owned here, so one that
