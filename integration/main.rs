@@ -15,6 +15,7 @@ mod inputs;
 mod linearizability;
 mod observability;
 mod replication;
+mod replies;
 mod restarts;
 mod rideshare;
 mod scaling;
