@@ -5,6 +5,8 @@
 //! while working on one path, `BENCH_PARTS` (e.g. `broker,http`), `BENCH_WORKLOADS`
 //! (e.g. `point read`) and `BENCH_CONCURRENCY` (e.g. `16`) narrow the run; a
 //! narrowed run writes bench/results/partial.* instead of latest.*.
+//! `BENCH_PARTS=replies` (only when named) compares the ways the client can
+//! receive its replies (issue 20).
 //!
 //! - [`measure`]: each part's run, returning its figures.
 //! - [`report`]: the figures as markdown and JSON.
@@ -31,6 +33,14 @@ async fn main() {
     // 1. The broker's own RPC limit, with the payload sizes of real requests.
     if wanted("BENCH_PARTS", "broker") {
         report.broker(&measure::broker(&sz).await);
+    }
+    // Issue 20: the ways of receiving replies, A B C A B C (only when named:
+    // `BENCH_PARTS=replies`).
+    if shared::named("BENCH_PARTS", "replies") {
+        let before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let runs = measure::reply_routes(&sz, 3).await;
+        let after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        report.replies(&runs, (&before, &after));
     }
     // 2. Through the orchestrator's HTTP API, 3. its peak memory, and
     // 4. failover, on the same loaded system.

@@ -155,6 +155,7 @@ pub async fn broker(sz: &Sizes) -> Vec<(usize, Ceilings)> {
             server,
             request: request.clone(),
             reply: reply.clone(),
+            replies: ReplyRoute::Shared,
         };
         let one_at_a_time = broker_limit(c, sz.load_secs, rpc(Server::OneAtATime)).await;
         let rpc_ceiling = broker_limit(c, sz.load_secs, rpc(Server::Concurrent)).await;
@@ -165,6 +166,7 @@ pub async fn broker(sz: &Sizes) -> Vec<(usize, Ceilings)> {
                 server: Server::ReplicatedWrite,
                 request: write.clone(),
                 reply: reply.clone(),
+                replies: ReplyRoute::Shared,
             },
         )
         .await;
@@ -208,6 +210,30 @@ struct Rpc {
     server: Server,
     request: Vec<u8>,
     reply: Vec<u8>,
+    replies: ReplyRoute,
+}
+
+/// Where the bench's client receives its replies (issue 20: one reply
+/// destination per orchestrator).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReplyRoute {
+    /// A named queue, `bench.replies`, the shape of the shared `responseQ`.
+    Shared,
+    /// An exclusive, auto-delete, server-named queue of the client's own.
+    Exclusive,
+    /// RabbitMQ's direct reply-to: a no-ack consumer on
+    /// `amq.rabbitmq.reply-to` on the channel the requests go out on.
+    Direct,
+}
+
+impl ReplyRoute {
+    pub fn label(self) -> &'static str {
+        match self {
+            ReplyRoute::Shared => "shared named queue (responseQ)",
+            ReplyRoute::Exclusive => "exclusive auto-delete queue",
+            ReplyRoute::Direct => "direct reply-to",
+        }
+    }
 }
 
 async fn declare(ch: &Channel, queue: &str) {
@@ -321,15 +347,37 @@ async fn broker_limit(concurrency: usize, secs: f64, rpc: Rpc) -> Run {
     } else {
         client_conn.create_channel().await.expect("channel")
     };
-    declare(&client, "bench.replies").await;
-    let waiting: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>> = Arc::default();
     let no_ack = BasicConsumeOptions {
         no_ack: true,
         ..Default::default()
     };
+    let reply_to: String = match rpc.replies {
+        ReplyRoute::Shared => {
+            declare(&client, "bench.replies").await;
+            "bench.replies".into()
+        }
+        ReplyRoute::Exclusive => {
+            let own = QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            };
+            let q = client
+                .queue_declare("".into(), own, FieldTable::default())
+                .await
+                .expect("declare");
+            q.name().to_string()
+        }
+        ReplyRoute::Direct => "amq.rabbitmq.reply-to".into(),
+    };
+    let waiting: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>> = Arc::default();
+    let consume_from = match rpc.replies {
+        ReplyRoute::Direct => "amq.rabbitmq.reply-to".to_string(),
+        _ => reply_to.clone(),
+    };
     let mut replies = client
         .basic_consume(
-            "bench.replies".into(),
+            consume_from.as_str().into(),
             "client".into(),
             no_ack,
             FieldTable::default(),
@@ -347,8 +395,14 @@ async fn broker_limit(concurrency: usize, secs: f64, rpc: Rpc) -> Run {
         }
     });
     let request = Arc::new(rpc.request);
+    let reply_to = Arc::new(reply_to);
     load(concurrency, secs, move |n| {
-        let (client, waiting, request) = (client.clone(), waiting.clone(), request.clone());
+        let (client, waiting, request, reply_to) = (
+            client.clone(),
+            waiting.clone(),
+            request.clone(),
+            reply_to.clone(),
+        );
         async move {
             let id = n.to_string();
             let (tx, rx) = oneshot::channel();
@@ -357,7 +411,7 @@ async fn broker_limit(concurrency: usize, secs: f64, rpc: Rpc) -> Run {
             }
             let mut props = BasicProperties::default()
                 .with_correlation_id(id.into())
-                .with_reply_to("bench.replies".into());
+                .with_reply_to(reply_to.as_str().into());
             if writes {
                 props = props.with_delivery_mode(2);
             }
@@ -375,6 +429,67 @@ async fn broker_limit(concurrency: usize, secs: f64, rpc: Rpc) -> Run {
         }
     })
     .await
+}
+
+/// One run of the reply-route comparison.
+pub struct RouteRun {
+    pub concurrency: usize,
+    /// 1, 2, ...: the rounds alternate the routes (A B C A B C) so that the
+    /// machine's drift shows as spread, not as a difference.
+    pub round: usize,
+    /// `rpc` (the RPC ceiling's server) or `write` (the replicated-write
+    /// floor's: the request on a confirm channel).
+    pub shape: &'static str,
+    pub route: ReplyRoute,
+    pub run: Run,
+}
+
+/// Issue 20: the RPC ceiling with each way of receiving replies, and the
+/// replicated-write floor (requests published on a confirm channel) with the
+/// shared queue and with direct reply-to, interleaved in `rounds` rounds.
+pub async fn reply_routes(sz: &Sizes, rounds: usize) -> Vec<RouteRun> {
+    let request =
+        json!({"request": {"table": "users", "where": {"username": {"=": "u0000042"}}}});
+    let reply = json!({"read": {
+        "rows": [{"username": "u0000042", "password": "p"}], "seq": 1000, "worker": 12345,
+    }});
+    let write = json!({"write_id": "0f8fad5b-d9cb-469f-a165-70867728950e", "request": {
+        "table": "rides", "insert": {"created_by": "u0000042", "source": 1, "destination": 2,
+        "timestamp": "2026-11-26 10:00:00"}}});
+    let (request, reply, write) = (
+        request.to_string().into_bytes(),
+        reply.to_string().into_bytes(),
+        write.to_string().into_bytes(),
+    );
+    let shapes = [
+        ("rpc", Server::Concurrent, &request, ReplyRoute::Shared),
+        ("rpc", Server::Concurrent, &request, ReplyRoute::Exclusive),
+        ("rpc", Server::Concurrent, &request, ReplyRoute::Direct),
+        ("write", Server::ReplicatedWrite, &write, ReplyRoute::Shared),
+        ("write", Server::ReplicatedWrite, &write, ReplyRoute::Direct),
+    ];
+    let mut runs = Vec::new();
+    for &c in &sz.concurrency {
+        for round in 1..=rounds {
+            for (shape, server, body, route) in shapes {
+                let rpc = Rpc {
+                    server,
+                    request: body.clone(),
+                    reply: reply.clone(),
+                    replies: route,
+                };
+                let run = broker_limit(c, sz.load_secs, rpc).await;
+                runs.push(RouteRun {
+                    concurrency: c,
+                    round,
+                    shape,
+                    route,
+                    run,
+                });
+            }
+        }
+    }
+    runs
 }
 
 // ----------------------------------------- 2. through the orchestrator's HTTP

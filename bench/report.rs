@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Map, Value};
 
-use crate::measure::{CatchUp, Ceilings, Failover, Run};
+use crate::measure::{CatchUp, Ceilings, Failover, RouteRun, Run};
 use crate::shared::{machine, narrowed, smoke, write_results};
 
 /// The report being written: markdown, its JSON, and the broker's ceilings
@@ -88,6 +88,78 @@ impl Report {
             self.write_floor.insert(*c, ceilings.write_floor.rps());
             self.one_at_a_time.insert(*c, ceilings.one_at_a_time.rps());
         }
+    }
+
+    /// Issue 20's comparison of reply routes: every run in the order it ran,
+    /// then per concurrency and shape the median of the rounds, as a ratio to
+    /// the shared queue's; `load` is /proc/loadavg before and after.
+    pub fn replies(&mut self, runs: &[RouteRun], load: (&str, &str)) {
+        self.md.push_str(
+            "## Where the client receives its replies (issue 20)\n\n\
+             The RPC ceiling's loop (server replies to each delivery at once) and the \
+             replicated-write floor's (request persistent, publisher-confirmed, appended to a \
+             stream before the reply), the client receiving replies on a shared named queue \
+             (today's `responseQ`), on an exclusive auto-delete queue of its own, or by direct \
+             reply-to; the routes alternate round by round.\n\n",
+        );
+        self.line(format_args!(
+            "Load average before: `{}`; after: `{}`.\n",
+            load.0.trim(),
+            load.1.trim()
+        ));
+        self.md.push_str(
+            "| concurrency | round | shape | replies | req/s | p50 ms | p99 ms | failed |\n\
+             |---|---|---|---|---|---|---|---|\n",
+        );
+        for r in runs {
+            let (rps, p50, p99) = (r.run.rps(), r.run.pct(0.5), r.run.pct(0.99));
+            self.line(format_args!(
+                "| {} | {} | {} | {} | {rps:.0} | {p50:.2} | {p99:.2} | {} |",
+                r.concurrency,
+                r.round,
+                r.shape,
+                r.route.label(),
+                r.run.failed
+            ));
+            let key = format!(
+                "replies {} c{} {:?} round {}",
+                r.shape, r.concurrency, r.route, r.round
+            );
+            self.json.insert(key, run_json(&r.run));
+        }
+        self.md.push_str(
+            "\n| concurrency | shape | replies | median req/s | ratio to shared | rounds (req/s) |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        let mut groups: Vec<(usize, &str, crate::measure::ReplyRoute)> = Vec::new();
+        for r in runs {
+            let g = (r.concurrency, r.shape, r.route);
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+        let median = |c: usize, shape: &str, route| -> (f64, Vec<f64>) {
+            let mut v: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.concurrency == c && r.shape == shape && r.route == route)
+                .map(|r| r.run.rps())
+                .collect();
+            let all = v.clone();
+            v.sort_by(|a, b| a.total_cmp(b));
+            (v.get(v.len() / 2).copied().unwrap_or(f64::NAN), all)
+        };
+        for (c, shape, route) in groups {
+            let (m, all) = median(c, shape, route);
+            let (shared, _) = median(c, shape, crate::measure::ReplyRoute::Shared);
+            let all: Vec<String> = all.iter().map(|x| format!("{x:.0}")).collect();
+            self.line(format_args!(
+                "| {c} | {shape} | {} | {m:.0} | {:.2} | {} |",
+                route.label(),
+                m / shared,
+                all.join(", ")
+            ));
+        }
+        self.md.push('\n');
     }
 
     pub fn http(&mut self, runs: &[(&str, usize, Run)]) {

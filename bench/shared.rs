@@ -19,6 +19,12 @@ pub fn wanted(var: &str, item: &str) -> bool {
     narrowed(var).is_none_or(|l| l.iter().any(|i| i == item))
 }
 
+/// Whether `var` names `item` (false when it is not set): for parts that run
+/// only when asked for.
+pub fn named(var: &str, item: &str) -> bool {
+    narrowed(var).is_some_and(|l| l.iter().any(|i| i == item))
+}
+
 /// `BENCH_SMOKE=1`: tiny sizes, figures not kept (CI).
 pub fn smoke() -> bool {
     std::env::var("BENCH_SMOKE").is_ok_and(|v| v == "1")

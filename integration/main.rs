@@ -16,6 +16,7 @@ mod linearizability;
 mod observability;
 mod orchestrators;
 mod replication;
+mod replies;
 mod restarts;
 mod rideshare;
 mod scaling;

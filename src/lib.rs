@@ -15,7 +15,7 @@
 //! - [`actors`]: the orchestrator's actors and their messages: `Dispatcher`,
 //!   `RpcWaiter`, `Election`, `ContainerSupervisor`, `Scaler`; and
 //!   `actors::rpc`, the RPC boundary HTTP reaches them through (typed request,
-//!   reply slot guard, deadline, the `responseQ` consumer).
+//!   reply slot guard, deadline, the consumer of the session's own reply queue).
 //! - [`orchestrator`]: wiring of the orchestrator process.
 //! - [`runtime`]: where workers run: local processes or Docker containers.
 //! - [`worker`]: the worker process: sync stream, read service, election, write service.

@@ -410,16 +410,21 @@ async fn serve_broker(
     round: &crate::tasks::Round,
 ) -> anyhow::Result<String> {
     let refused = Arc::new(tokio::sync::Notify::new());
+    // Replies are consumed before anything is published, on this session's
+    // own exclusive queue (no other orchestrator can consume it).
+    let replies = replies::consume(conn).await?;
     let publisher = AmqpPublisher {
         reads: conn.create_channel().await?,
         writes: broker::confirmed_channel(conn).await?,
+        reply_to: replies.queue().to_string(),
         refused: refused.clone(),
     };
-    // Replies are consumed before anything is published.
-    let replies = replies::consume(conn).await?;
     dispatcher.send(SetPublisher(Some(publisher))).await?;
-    info!("RabbitMQ session up: publishing and consuming responseQ");
-    round.up("publishing; consuming responseQ");
+    info!(
+        replies = replies.queue(),
+        "RabbitMQ session up: publishing and consuming replies"
+    );
+    round.up("publishing; consuming replies");
     let counting = conn.create_channel().await?;
     Ok(tokio::select! {
         why = replies.feed(waiter) => why,

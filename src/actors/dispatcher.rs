@@ -1,9 +1,11 @@
 //! `Dispatcher`: owns the orchestrator's publishing channels and puts requests
-//! on `readQ`, `readQ.master` and `writeQ` with `reply_to = responseQ` and a
-//! correlation id. Writes are persistent and confirmed by the broker (a
-//! confirmed write survives a broker restart and waits in `writeQ` until a
-//! master takes it); reads expire after the request timeout so a read nobody
-//! could serve does not linger.
+//! on `readQ`, `readQ.master` and `writeQ` with a correlation id and
+//! `reply_to` = this broker session's own exclusive reply queue
+//! (`responseQ.<uuid>`, [`super::rpc::replies`]), so a reply comes back to
+//! the orchestrator that asked and to no other. Writes are persistent and
+//! confirmed by the broker (a confirmed write survives a broker restart and
+//! waits in `writeQ` until a master takes it); reads expire after the request
+//! timeout so a read nobody could serve does not linger.
 //!
 //! It keeps the [`Routes`] the `Election` last told it, and each request's
 //! [`Target`] says, under them, which [`Queue`] it goes to and whether it can
@@ -29,7 +31,7 @@ use lapin::{BasicProperties, Channel};
 pub use super::rpc::request::Routes;
 use super::rpc::request::{Queue, Target};
 use super::scaler::ReadReceived;
-use crate::broker::{self, REQUEST_ID_HEADER, RESPONSE_Q};
+use crate::broker::{self, REQUEST_ID_HEADER};
 use crate::db::Failure;
 
 /// Publish one request; resolves once the broker has it (confirmed for
@@ -69,6 +71,10 @@ pub trait Publisher: Unpin + 'static {
 pub struct AmqpPublisher {
     pub reads: Channel,
     pub writes: Channel,
+    /// Where replies go: the session's own reply queue
+    /// ([`super::rpc::replies::Replies::queue`]), consumed before anything
+    /// is published.
+    pub reply_to: String,
     /// Told when the broker keeps refusing writes on `writes` (nacks for
     /// [`NACK_PATIENCE`]): the session then starts again on new channels.
     pub refused: std::sync::Arc<tokio::sync::Notify>,
@@ -81,13 +87,16 @@ pub const NACK_PATIENCE: Duration = Duration::from_secs(1);
 
 impl Publisher for AmqpPublisher {
     fn probe(&self) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
-        let channel = self.reads.clone();
+        let (channel, reply_to) = (self.reads.clone(), self.reply_to.clone());
         Box::pin(async move {
             let passive = lapin::options::QueueDeclareOptions {
                 passive: true,
                 ..Default::default()
             };
-            let declared = channel.queue_declare(RESPONSE_Q.into(), passive, FieldTable::default());
+            // The session's reply queue is still there (only this connection
+            // may declare it, even passively: it is exclusive).
+            let declared =
+                channel.queue_declare(reply_to.as_str().into(), passive, FieldTable::default());
             match tokio::time::timeout(Duration::from_secs(2), declared).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(format!("RabbitMQ round trip failed: {e}")),
@@ -108,7 +117,7 @@ impl Publisher for AmqpPublisher {
         );
         let props = BasicProperties::default()
             .with_correlation_id(msg.correlation_id.clone().into())
-            .with_reply_to(RESPONSE_Q.into())
+            .with_reply_to(self.reply_to.as_str().into())
             .with_content_type("application/json".into())
             .with_headers(headers);
         let durable = msg.target.durable();

@@ -4,11 +4,14 @@
 //! [`supervisor::ContainerSupervisor`] starts and kills workers, and
 //! [`scaler::Scaler`] sizes the slave pool from the read rate. [`rpc`] is not
 //! an actor: it is the boundary HTTP calls, which owns a request's lifecycle
-//! (typed request, reply slot, deadline) and the `responseQ` consumer.
+//! (typed request, reply slot, deadline) and the consumer of the session's
+//! own reply queue.
 
-pub(crate) mod dispatcher;
+// The request/reply path is public so that integration/replies.rs drives it
+// against a real broker.
+pub mod dispatcher;
 pub(crate) mod election;
-pub(crate) mod rpc;
-pub(crate) mod rpc_waiter;
+pub mod rpc;
+pub mod rpc_waiter;
 pub mod scaler;
 pub(crate) mod supervisor;

@@ -1,5 +1,5 @@
-//! `RpcWaiter`: completes the request waiting for each reply from `responseQ`
-//! (fed by [`super::rpc::replies`]), matched by correlation id. A request's
+//! `RpcWaiter`: completes the request waiting for each reply from the
+//! session's reply queue (fed by [`super::rpc::replies`]), matched by correlation id. A request's
 //! slot is registered and, if it ends without a reply (timeout, refusal,
 //! client gone), forgotten by the RPC boundary's slot guard
 //! ([`super::rpc::slot`]), so a late reply is dropped instead of leaking.
@@ -28,7 +28,7 @@ pub struct Forget {
     pub correlation_id: String,
 }
 
-/// A reply arrived on `responseQ`.
+/// A reply arrived on the reply queue.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Delivered {
@@ -49,9 +49,17 @@ pub struct Abandon {
 #[rtype(result = "usize")]
 pub struct Pending;
 
+/// How many replies arrived that no request waited for (late, duplicate, or
+/// another orchestrator's: the last must never happen, as each has a reply
+/// queue of its own).
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct Unmatched;
+
 #[derive(Default)]
 pub struct RpcWaiter {
     waiting: HashMap<String, oneshot::Sender<Reply>>,
+    unmatched: u64,
 }
 
 impl Actor for RpcWaiter {
@@ -80,6 +88,7 @@ impl Handler<Delivered> for RpcWaiter {
                 let _ = tx.send(msg.reply);
             }
             None => {
+                self.unmatched += 1;
                 debug!(id = %msg.correlation_id, "reply for a request nobody waits for (late or duplicate)")
             }
         }
@@ -102,6 +111,13 @@ impl Handler<Pending> for RpcWaiter {
     type Result = usize;
     fn handle(&mut self, _: Pending, _: &mut Context<Self>) -> usize {
         self.waiting.len()
+    }
+}
+
+impl Handler<Unmatched> for RpcWaiter {
+    type Result = u64;
+    fn handle(&mut self, _: Unmatched, _: &mut Context<Self>) -> u64 {
+        self.unmatched
     }
 }
 
@@ -155,6 +171,7 @@ mod tests {
         assert_eq!(rx_a.await.expect("a answered"), reply(1));
         assert_eq!(rx_b.await.expect("b answered"), reply(2));
         assert_eq!(waiter.send(Pending).await.expect("send"), 0);
+        assert_eq!(waiter.send(Unmatched).await.expect("send"), 0);
     }
 
     #[actix_rt::test]
@@ -220,5 +237,6 @@ mod tests {
             .expect("send");
         assert!(rx.await.is_err(), "forgotten request gets nothing");
         assert_eq!(waiter.send(Pending).await.expect("send"), 0);
+        assert_eq!(waiter.send(Unmatched).await.expect("send"), 2);
     }
 }

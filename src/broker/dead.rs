@@ -454,6 +454,9 @@ fn is_dead_header(name: &str) -> bool {
 
 /// The properties a retried write is published with: the original ones
 /// (reply_to, correlation id, request id) without the dead-letter headers.
+/// The reply then goes to the reply queue of the orchestrator session that
+/// published the write; that session is usually long over, its queue gone
+/// with it, and the broker drops the reply (the client had its 504).
 pub fn retry_properties(props: &BasicProperties) -> BasicProperties {
     let mut headers = FieldTable::default();
     if let Some(h) = props.headers() {
@@ -565,7 +568,7 @@ mod tests {
             ("x-request-id", AMQPValue::LongString("r1".into())),
             ("x-delivery-count", AMQPValue::LongLongInt(5)),
         ])
-        .with_reply_to("responseQ".into())
+        .with_reply_to("responseQ.5f1d0c3e9a7b4e21b0c4d2a8f6e3b1c7".into())
         .with_correlation_id("c1".into());
         let dead = original.clone().with_headers(quarantine_headers(
             &original,
@@ -586,7 +589,7 @@ mod tests {
         assert_eq!(names, vec!["x-request-id"]);
         assert_eq!(
             again.reply_to().as_ref().map(|s| s.as_str()),
-            Some("responseQ")
+            Some("responseQ.5f1d0c3e9a7b4e21b0c4d2a8f6e3b1c7")
         );
         assert_eq!(
             again.correlation_id().as_ref().map(|s| s.as_str()),

@@ -34,8 +34,9 @@ pub enum SyncMessage {
     Marker { pid: u32, nonce: String },
 }
 
-/// A worker's answer on `responseQ`. An error is a typed [`Failure`] (its
-/// kind, not an HTTP status: the orchestrator's HTTP edge picks that).
+/// A worker's answer on the request's `reply_to` queue. An error is a typed
+/// [`Failure`] (its kind, not an HTTP status: the orchestrator's HTTP edge
+/// picks that).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {

@@ -4,7 +4,14 @@
 //! - `readQ`: a durable work queue (round-robin among consumers, manual acks).
 //! - `writeQ`: a durable quorum queue with a delivery limit; poison writes end in
 //!   `writeQ.dead` (see [`dead`]).
-//! - `responseQ`: the orchestrator's reply queue (RPC pattern, correlation ids).
+//! - `responseQ.<uuid>`: the orchestrator's reply queue (RPC pattern,
+//!   correlation ids), one per orchestrator broker session, exclusive: declared
+//!   and consumed by that session alone and deleted with its connection
+//!   (`crate::actors::rpc::replies`). Workers answer on each request's
+//!   `reply_to` ([`reply`]) and declare no reply queue. The spec's single,
+//!   shared `responseQ` is no longer declared or used (consumed by several
+//!   orchestrators it would hand each about half of the others' replies); one
+//!   left by an older version can be deleted.
 //! - `syncQ`: a RabbitMQ *stream*: an append-only log every replica reads in full
 //!   from its own offset, so every slave sees every write in the same order and a
 //!   new slave can start reading from where its snapshot ends.
@@ -18,7 +25,7 @@
 
 pub mod dead;
 pub(crate) mod link;
-pub(crate) mod messages;
+pub mod messages;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -31,7 +38,6 @@ use tracing::{info, warn};
 pub const READ_Q: &str = "readQ";
 pub const WRITE_Q: &str = "writeQ";
 pub const SYNC_Q: &str = "syncQ";
-pub const RESPONSE_Q: &str = "responseQ";
 /// AMQP header carrying the HTTP request id to the worker.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -240,7 +246,7 @@ fn failure_class(e: &anyhow::Error) -> String {
 pub async fn declare_topology(conn: &Connection) -> lapin::Result<()> {
     let args = work_queue_args(replicas());
     let mut channel = conn.create_channel().await?;
-    for q in [READ_Q, RESPONSE_Q, MASTER_READ_Q, SNAPSHOT_Q] {
+    for q in [READ_Q, MASTER_READ_Q, SNAPSHOT_Q] {
         match channel
             .queue_declare(q.into(), durable(), args.clone())
             .await
@@ -279,8 +285,8 @@ pub fn replicas() -> usize {
     REPLICAS.load(Ordering::Relaxed).max(1)
 }
 
-/// Arguments of the work queues (`readQ`, `readQ.master`, `responseQ`,
-/// `snapshotQ`, `writeQ.dead`) for `replicas` nodes: none on one node (a classic
+/// Arguments of the work queues (`readQ`, `readQ.master`, `snapshotQ`,
+/// `writeQ.dead`) for `replicas` nodes: none on one node (a classic
 /// queue, as a single-node deployment always had), else a quorum queue on
 /// `replicas` nodes. A classic queue lives on one node: with that node down it
 /// cannot even be declared (`NOT_FOUND - home node ... is down`), so in a
@@ -626,8 +632,9 @@ pub fn reply_body(reply: &messages::Reply, limit: usize) -> anyhow::Result<Vec<u
 }
 
 /// Sends `reply` to the delivery's `reply_to` queue with its correlation id (RPC
-/// pattern). Deliveries without `reply_to` get no answer. A reply over
-/// [`max_reply_bytes`] is replaced by an error reply.
+/// pattern); a reply to a queue that is gone (its orchestrator's session
+/// ended) is dropped by the broker. Deliveries without `reply_to` get no
+/// answer. A reply over [`max_reply_bytes`] is replaced by an error reply.
 pub async fn reply(
     channel: &Channel,
     request: &lapin::BasicProperties,

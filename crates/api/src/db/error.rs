@@ -1,6 +1,6 @@
 //! What a request can fail with, as a kind rather than a status: workers
-//! answer with a [`Failure`] on `responseQ`, the orchestrator's RPC boundary
-//! returns one, the HTTP edge alone picks the status for each [`ErrorKind`]
+//! answer with a [`Failure`] on the request's `reply_to`, the orchestrator's
+//! RPC boundary returns one, the HTTP edge alone picks the status for each [`ErrorKind`]
 //! (`crate::http::error`), and clients of the API match on the kind that the
 //! JSON error carries (`{"error": "...", "kind": "constraint", "constraint":
 //! "foreign_key"}`) rather than on SQLite's text. Nothing here depends on
