@@ -475,8 +475,14 @@ impl Handler<Standing> for ContainerSupervisor {
                     return;
                 }
                 self.leading = Some(epoch);
-                if let Some(n) = slaves {
-                    self.desired_slaves = n;
+                match slaves {
+                    Some(n) => self.desired_slaves = n,
+                    // The first leader: its own number is the one to carry on.
+                    None => {
+                        if let Some(fence) = &self.fence {
+                            actix::spawn(fence.record_slaves(epoch, self.desired_slaves));
+                        }
+                    }
                 }
                 // What an earlier term started and never saw register is the
                 // runtime's to time out; this term decides from a fresh view,
@@ -821,7 +827,8 @@ mod tests {
         .expect("send");
         sup.send(SetSlaves(3)).await.expect("send");
         settle(&sup).await;
-        assert_eq!(*fence.recorded.lock().expect("lock"), vec![(7, 3)]);
+        // Its own initial number first (nothing was recorded before it), then the decision.
+        assert_eq!(*fence.recorded.lock().expect("lock"), vec![(7, 1), (7, 3)]);
     }
 
     #[actix_rt::test]
