@@ -448,8 +448,7 @@ pub struct RouteRun {
 /// replicated-write floor (requests published on a confirm channel) with the
 /// shared queue and with direct reply-to, interleaved in `rounds` rounds.
 pub async fn reply_routes(sz: &Sizes, rounds: usize) -> Vec<RouteRun> {
-    let request =
-        json!({"request": {"table": "users", "where": {"username": {"=": "u0000042"}}}});
+    let request = json!({"request": {"table": "users", "where": {"username": {"=": "u0000042"}}}});
     let reply = json!({"read": {
         "rows": [{"username": "u0000042", "password": "p"}], "seq": 1000, "worker": 12345,
     }});

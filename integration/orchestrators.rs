@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::{
-    every_replica_holds_exactly, sigkill, slave_pids, wait_until, Options, Orchestrator,
+    alive, every_replica_holds_exactly, sigkill, slave_pids, wait_until, Options, Orchestrator,
 };
 
 /// A second orchestrator on `first`'s brokers and data, waiting until it
@@ -157,6 +157,23 @@ async fn two_orchestrators_serve_at_once_one_leads_and_every_reply_reaches_its_a
     );
     let replaced = first.wait_for_workers(1).await;
     assert!(!pids(&replaced).contains(&victim));
+
+    // Stopped one after the other, leader first: the last one stops the
+    // workers (the follower takes over just to do so), none is left running.
+    let running = pids(&replaced);
+    let (mut first, mut second) = (first, second);
+    first.stop();
+    second.stop();
+    let left = wait_until("the workers stopped", Duration::from_secs(30), || async {
+        running.iter().all(|p| !alive(*p)).then_some(())
+    })
+    .await;
+    assert!(
+        left.is_some(),
+        "workers left running: {:?}:\n{}",
+        running,
+        second.log()
+    );
 }
 
 /// Writers through a load balancer's eyes: each sends to the first URL and

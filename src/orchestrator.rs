@@ -306,15 +306,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!("shutting down: HTTP first, then workers");
     handle.stop(true).await;
     let _ = served.await;
-    let leading = standing.borrow().leading().is_some();
-    if config.stop_workers_on_exit && leading {
+    if config.stop_workers_on_exit {
         match others_running(&zk, &me.id).await {
+            // The last orchestrator stops the workers; if the leader stopped
+            // just before, this one leads in a moment (its campaign runs on).
             Some(0) => {
-                let _ = supervisor.send(StopAll).await;
+                let mut standing = standing.clone();
+                let lead = async { standing.wait_for(|s| s.leading().is_some()).await.is_ok() };
+                let led = tokio::time::timeout(Duration::from_secs(10), lead).await;
+                if led == Ok(true) {
+                    let _ = supervisor.send(StopAll).await;
+                } else {
+                    warn!("the last orchestrator could not lead: leaving the workers running");
+                }
             }
             Some(n) => info!(
                 others = n,
-                "other orchestrators run: leaving the workers to the next leader"
+                "other orchestrators run: leaving the workers to them"
             ),
             None => {
                 warn!("cannot tell whether other orchestrators run: leaving the workers running")
