@@ -15,8 +15,8 @@
 //! on a cluster it is not replicated, and needs not be, as it lives and dies
 //! with the connection (a node lost takes the connection, and the next
 //! session declares a new queue on another node). Why this and not direct
-//! reply-to (measured about 5 % slower here, and it needs a consumer on
-//! every publishing channel): docs/cluster.md, "Replies: one destination per
+//! reply-to (measured 4–13 % slower here, and it needs a consumer on every
+//! publishing channel): docs/cluster.md, "Replies: one destination per
 //! orchestrator", and docs/benchmarks.md.
 //!
 //! Replies are not acked (`no_ack`): one that arrives while nobody waits is
