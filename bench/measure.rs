@@ -446,7 +446,8 @@ pub struct RouteRun {
 
 /// Issue 20: the RPC ceiling with each way of receiving replies, and the
 /// replicated-write floor (requests published on a confirm channel) with the
-/// shared queue and with direct reply-to, interleaved in `rounds` rounds.
+/// shared queue and with direct reply-to, interleaved in `rounds` rounds,
+/// each round starting with the next route.
 pub async fn reply_routes(sz: &Sizes, rounds: usize) -> Vec<RouteRun> {
     let request = json!({"request": {"table": "users", "where": {"username": {"=": "u0000042"}}}});
     let reply = json!({"read": {
@@ -460,16 +461,27 @@ pub async fn reply_routes(sz: &Sizes, rounds: usize) -> Vec<RouteRun> {
         reply.to_string().into_bytes(),
         write.to_string().into_bytes(),
     );
-    let shapes = [
-        ("rpc", Server::Concurrent, &request, ReplyRoute::Shared),
-        ("rpc", Server::Concurrent, &request, ReplyRoute::Exclusive),
-        ("rpc", Server::Concurrent, &request, ReplyRoute::Direct),
-        ("write", Server::ReplicatedWrite, &write, ReplyRoute::Shared),
-        ("write", Server::ReplicatedWrite, &write, ReplyRoute::Direct),
-    ];
     let mut runs = Vec::new();
     for &c in &sz.concurrency {
         for round in 1..=rounds {
+            // Each round starts with another route (A B C, B C A, C A B), so
+            // a machine that gets busier during a round favours none of them.
+            let mut rpc = [
+                ReplyRoute::Shared,
+                ReplyRoute::Exclusive,
+                ReplyRoute::Direct,
+            ];
+            rpc.rotate_left((round - 1) % 3);
+            let mut writes = [ReplyRoute::Shared, ReplyRoute::Direct];
+            writes.rotate_left((round - 1) % 2);
+            let shapes = rpc
+                .into_iter()
+                .map(|r| ("rpc", Server::Concurrent, &request, r))
+                .chain(
+                    writes
+                        .into_iter()
+                        .map(|r| ("write", Server::ReplicatedWrite, &write, r)),
+                );
             for (shape, server, body, route) in shapes {
                 let rpc = Rpc {
                     server,

@@ -99,8 +99,9 @@ impl Report {
              The RPC ceiling's loop (server replies to each delivery at once) and the \
              replicated-write floor's (request persistent, publisher-confirmed, appended to a \
              stream before the reply), the client receiving replies on a shared named queue \
-             (today's `responseQ`), on an exclusive auto-delete queue of its own, or by direct \
-             reply-to; the routes alternate round by round.\n\n",
+             (the spec's `responseQ`, the orchestrator's until issue 20), on an exclusive \
+             auto-delete queue of its own, or by direct reply-to; the routes alternate, each \
+             round starting with the next one (A B C, B C A, C A B).\n\n",
         );
         self.line(format_args!(
             "Load average before: `{}`; after: `{}`.\n",

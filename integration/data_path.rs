@@ -1,4 +1,5 @@
-//! The data path: HTTP → Dispatcher → readQ/writeQ → workers → responseQ → HTTP.
+//! The data path: HTTP → Dispatcher → readQ/writeQ → workers → the
+//! orchestrator's own reply queue → HTTP.
 
 use std::time::Duration;
 

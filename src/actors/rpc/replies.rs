@@ -9,14 +9,14 @@
 //! each other's replies (the spec's single `responseQ` would hand each about
 //! half of the other's), and a session's queue does not outlive it. A reply
 //! to a queue that is gone (its session ended, its requests already answered
-//! 503) is dropped by the broker; so is one to a queue nobody waits on.
+//! 503) is dropped by the broker.
 //!
 //! An exclusive queue is a classic queue on the node the connection is on:
-//! on a cluster it is not replicated, and needs not be, as it lives and dies
-//! with the connection (a node lost takes the connection, and the next
-//! session declares a new queue on another node). Why this and not direct
-//! reply-to (measured about 5 % slower here, and it needs a consumer on
-//! every publishing channel): docs/cluster.md, "Replies: one destination per
+//! on a cluster it is not replicated, and need not be, as it lives and dies
+//! with the connection (losing that node ends the session anyway, and the
+//! next session declares a new queue on another node). Why this and not direct
+//! reply-to (measured 4–13 % slower here, and it needs a consumer on every
+//! publishing channel): docs/cluster.md, "Replies: one destination per
 //! orchestrator", and docs/benchmarks.md.
 //!
 //! Replies are not acked (`no_ack`): one that arrives while nobody waits is
