@@ -1,6 +1,6 @@
 //! Wiring of the orchestrator process: starts the actors, keeps its RabbitMQ
 //! session and its ZooKeeper session (both come back after their server
-//! restarts), feeds the actors (replies from `responseQ`, ZooKeeper
+//! restarts), feeds the actors (replies on its own reply queue, ZooKeeper
 //! membership, worker exits), stands for leadership among the orchestrators
 //! (`coord::leadership`: only the leader supervises and scales; every one
 //! serves HTTP), serves HTTP, and shuts down in order. It never exits because
@@ -369,7 +369,7 @@ async fn others_running(zk: &Session, me: &str) -> Option<usize> {
 }
 
 /// Keeps the orchestrator's RabbitMQ session: on each connection, the
-/// Dispatcher's publishing channels and the `responseQ` consumer feeding the
+/// Dispatcher's publishing channels and the consumer of its reply queue feeding the
 /// `RpcWaiter`. When the connection breaks, publishing stops at once (503) and
 /// every request waiting for a reply is told (its reply cannot come), then it
 /// reconnects with backoff. It also watches how many writes wait in
