@@ -348,6 +348,18 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// An orchestrator's default name: its host and HTTP port. Two cannot share
+/// both, and a restarted one keeps its name, so it takes over its
+/// predecessor's record at once instead of leaving it to the session timeout
+/// (a stale record would make the last orchestrator to stop think another
+/// still runs, and leave the workers to it).
+pub fn default_id(host: &str, bind: &str) -> String {
+    match bind.rsplit_once(':') {
+        Some((_, port)) => format!("{host}-{port}"),
+        None => host.to_string(),
+    }
+}
+
 /// The URL the other orchestrators use for a server bound to `bind`: the
 /// bind address itself, or `host` in place of an unspecified address.
 pub fn advertised(bind: &str, host: &str) -> String {
@@ -499,4 +511,17 @@ pub fn worker_env(config: &Config) -> Vec<(String, String)> {
         }
     }
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_orchestrator_is_named_by_host_and_port_and_advertised_where_others_reach_it() {
+        assert_eq!(default_id("vm", "127.0.0.1:8000"), "vm-8000");
+        assert_eq!(default_id("vm", "[::1]:80"), "vm-80");
+        assert_eq!(advertised("0.0.0.0:80", "orch-1"), "http://orch-1:80");
+        assert_eq!(advertised("10.77.0.2:8100", "h2"), "http://10.77.0.2:8100");
+    }
 }

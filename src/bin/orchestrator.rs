@@ -20,7 +20,9 @@ struct Args {
     /// HTTP address (port 80 in containers).
     #[arg(long, env = "DBAAS_BIND", default_value = "127.0.0.1:8000")]
     bind: String,
-    /// This orchestrator's name among several (unique); default: host name and pid.
+    /// This orchestrator's name among several (unique); default: host name
+    /// and HTTP port, the same across restarts (a restarted orchestrator
+    /// replaces its predecessor's record at once).
     #[arg(long, env = "DBAAS_ORCHESTRATOR_ID")]
     id: Option<String>,
     /// URL at which the other orchestrators reach this one's HTTP API;
@@ -142,7 +144,7 @@ fn main() -> anyhow::Result<()> {
     };
     let host = dbaas::orchestrator::host_name();
     let id =
-        a.id.unwrap_or_else(|| format!("{host}-{}", std::process::id()));
+        a.id.unwrap_or_else(|| dbaas::orchestrator::default_id(&host, &a.bind));
     let advertise = a
         .advertise_url
         .unwrap_or_else(|| dbaas::orchestrator::advertised(&a.bind, &host));
