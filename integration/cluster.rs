@@ -664,10 +664,21 @@ async fn host_loss(victim: Victim) {
         Victim::Slave => "slave",
         Victim::Master => "master",
     };
+    // DBAAS_TEST_LOST_HOST=h1 loses that host if it holds the victim's role
+    // (h1's RabbitMQ node is every process's first address: see
+    // docs/cluster.md, "Workers across hosts").
+    let wanted = std::env::var("DBAAS_TEST_LOST_HOST").ok();
     let cut = before
         .iter()
-        .find(|(r, _, _)| r == role)
+        .filter(|(r, _, _)| r == role)
         .map(|(_, h, _)| h.clone())
+        .find(|h| wanted.as_ref().is_none_or(|w| w == h))
+        .or_else(|| {
+            before
+                .iter()
+                .find(|(r, _, _)| r == role)
+                .map(|(_, h, _)| h.clone())
+        })
         .expect("a worker of that role");
     let cut_no = cut.trim_start_matches('h').to_string();
     let cut_engine = engines
