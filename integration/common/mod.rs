@@ -136,8 +136,15 @@ pub struct Orchestrator {
     pub dir: tempfile::TempDir,
     /// The workers' data directory ([`Options::data_dir`], or one under `dir`).
     data: PathBuf,
+    /// Its workers run in containers (docker runtime): each keeps its copy
+    /// in its own file system, not in `data`.
+    containers: bool,
     pub http: reqwest::Client,
 }
+
+/// Where the worker image keeps the copy (`DBAAS_DATA_DIR` in
+/// containers/worker.static.Dockerfile).
+const CONTAINER_DATA_DIR: &str = "/data";
 
 pub struct Options {
     pub slaves: usize,
@@ -258,6 +265,12 @@ impl Orchestrator {
             .stderr(log)
             .spawn()
             .expect("start orchestrator");
+        // The last setting wins, as it does for the child's environment.
+        let containers = runtime_env()
+            .iter()
+            .chain(&opts.extra_env)
+            .rfind(|(k, _)| k == "DBAAS_RUNTIME")
+            .is_some_and(|(_, v)| v == "docker");
         Self::attach(
             Process::Child(child),
             ns,
@@ -265,6 +278,7 @@ impl Orchestrator {
             data,
             port,
             opts.token.as_deref(),
+            containers,
         )
         .await
     }
@@ -306,7 +320,7 @@ impl Orchestrator {
             String::from_utf8_lossy(&out.stderr)
         );
         let data = dir.path().join("data");
-        let o = Self::attach(Process::Container(name), ns, dir, data, port, None).await;
+        let o = Self::attach(Process::Container(name), ns, dir, data, port, None, true).await;
         o.wait_for_workers(slaves).await;
         o
     }
@@ -318,6 +332,7 @@ impl Orchestrator {
         data: PathBuf,
         port: u16,
         token: Option<&str>,
+        containers: bool,
     ) -> Orchestrator {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = token {
@@ -331,6 +346,7 @@ impl Orchestrator {
             ns,
             dir,
             data,
+            containers,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 // Below the server's keep-alive (5 s): never reuse a connection
@@ -381,6 +397,49 @@ impl Orchestrator {
         self.data.clone()
     }
 
+    /// The SQLite file of worker `pid`, which holds `slot`: in the data
+    /// directory, or for a worker container in its own file system
+    /// ([`container_root`]).
+    pub fn replica_file(&self, pid: u64, slot: u64) -> PathBuf {
+        let name = format!("slot-{slot}.sqlite");
+        if self.containers {
+            container_root(pid)
+                .join(CONTAINER_DATA_DIR.trim_start_matches('/'))
+                .join(name)
+        } else {
+            self.data_dir().join(name)
+        }
+    }
+}
+
+/// The root file system of the container whose process is `pid` (a pid of
+/// this machine), by a path of this mount namespace: where the file system
+/// that is its root (same device) is mounted here, as podman mounts it.
+/// `/proc/<pid>/root` reaches it too, but SQLite resolves symbolic links on
+/// open, and that one reads as `/`; it is the answer only when no mount matches.
+pub fn container_root(pid: u64) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let proc_root = PathBuf::from(format!("/proc/{pid}/root"));
+    let Ok(dev) = std::fs::metadata(&proc_root).map(|m| m.dev()) else {
+        return proc_root;
+    };
+    // The kernel's encoding of a device number (glibc's major/minor).
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let device = format!("{major}:{minor}");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            // id parent major:minor root mount-point ...
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(2) == Some(&device.as_str()) && f.get(3) == Some(&"/"))
+                .then(|| PathBuf::from(f[4]))
+        })
+        .unwrap_or(proc_root)
+}
+
+impl Orchestrator {
     /// Waits until there is exactly one master and `slaves` serving slaves.
     pub async fn wait_for_workers(&self, slaves: usize) -> Value {
         let found = wait_until(
@@ -708,7 +767,7 @@ pub async fn every_replica_holds_exactly(
     for w in status["workers"].as_array().expect("workers") {
         let pid = w["pid"].as_u64().expect("pid");
         let slot = w["slot"].as_u64().expect("slot");
-        let path = o.data_dir().join(format!("slot-{slot}.sqlite"));
+        let path = o.replica_file(pid, slot);
         let store = Store::open_read_only(&path).expect("open replica");
         assert!(
             store.seq() >= last,

@@ -24,6 +24,10 @@
 #                              RabbitMQ 3.10 sets 5000, and a quorum queue
 #                              follower waits one poll and one more before
 #                              electing a new leader
+#   CLUSTER_ENGINE_PORT (2375) the Docker Engine API each host serves with
+#                              `engines_up` (podman), on its own address only
+#   CLUSTER_IMAGE_STORE (/var/lib/containers/storage)  the machine's podman
+#                              image store, read-only in every host's engine
 #
 # Inside each namespace the host is named h<i> (`unshare --uts`), which is
 # what the Erlang node names use (rabbit@h<i>); /etc/netns/<ns>/hosts names
@@ -31,6 +35,12 @@
 # other namespaces and the root namespace over the bridge, nothing else.
 # Everything made here is listed in files under $CLUSTER_DIR/state and
 # cluster_down removes exactly that.
+#
+# Optionally (engines_up) each host serves the Docker Engine API: a podman
+# service in its network namespace on tcp://<its address>:2375, with
+# containers and state of its own under $CLUSTER_DIR/h<i>/podman and the
+# machine's image store shared read-only, so the worker containers it runs
+# (network_mode host) are on that host's network and go with its link.
 
 CLUSTER_NAME=${CLUSTER_NAME:-dbaas}
 CLUSTER_SUBNET=${CLUSTER_SUBNET:-10.77.0}
@@ -40,6 +50,8 @@ CLUSTER_NET_TICKTIME=${CLUSTER_NET_TICKTIME:-10}
 CLUSTER_ATEN_POLL_MS=${CLUSTER_ATEN_POLL_MS:-1000}
 CLUSTER_DIST_USER_TIMEOUT_MS=${CLUSTER_DIST_USER_TIMEOUT_MS:-3000}
 CLUSTER_NET_SETUPTIME=${CLUSTER_NET_SETUPTIME:-2}
+CLUSTER_ENGINE_PORT=${CLUSTER_ENGINE_PORT:-2375}
+CLUSTER_IMAGE_STORE=${CLUSTER_IMAGE_STORE:-/var/lib/containers/storage}
 CLUSTER_BRIDGE=${CLUSTER_NAME}br0
 CLUSTER_FWD_TAG="dbaas-cluster $CLUSTER_NAME"
 CLUSTER_SECRETS=$CLUSTER_DIR/secrets
@@ -144,6 +156,19 @@ cluster_heal() {
     while ip netns exec "$ns" iptables -D OUTPUT -d "$(cluster_ip "$j")" -m comment --comment dbaas-partition -j DROP 2>/dev/null; do :; done
   done
   log "h$i healed"
+}
+
+# link_down I : host I's link to the bridge goes down: nothing reaches it or
+# leaves it, the root namespace included (a host lost as a whole: its
+# engine stops answering the orchestrator too). link_up I brings it back.
+cluster_link_down() {
+  ip link set "${CLUSTER_NAME}-h$1" down
+  log "h$1's link is down"
+}
+
+cluster_link_up() {
+  ip link set "${CLUSTER_NAME}-h$1" up
+  log "h$1's link is up"
 }
 
 # --- RabbitMQ --------------------------------------------------------------
@@ -332,6 +357,122 @@ cluster_zk_hosts() {
   echo "$out"
 }
 
+# --- Docker engines (podman), one per host ---------------------------------
+
+engine_dir() { echo "$CLUSTER_DIR/h$1/podman"; }
+engine_url() { echo "tcp://$(cluster_ip "$1"):$CLUSTER_ENGINE_PORT"; }
+engine_http() { echo "http://$(cluster_ip "$1"):$CLUSTER_ENGINE_PORT"; }
+
+# cluster_docker_hosts : DBAAS_DOCKER_HOSTS for the hosts' engines (h1=tcp://...,...).
+cluster_docker_hosts() {
+  local i out=""
+  for i in $(cluster_hosts); do out+="${out:+,}h$i=$(engine_url "$i")"; done
+  echo "$out"
+}
+
+# engine_config I : host I's containers.conf and storage.conf. Its own
+# containers, state, locks (file locks: podman's default shared-memory
+# locks are one segment per machine, and a fresh state directory would
+# reset every other podman's) and events; the machine's images read-only.
+engine_config() {
+  local dir; dir=$(engine_dir "$1")
+  mkdir -p "$dir/root" "$dir/run" "$dir/tmp"
+  cat > "$dir/containers.conf" <<CONF
+[containers]
+default_ulimits = []
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+lock_type = "file"
+tmp_dir = "$dir/tmp"
+CONF
+  cat > "$dir/storage.conf" <<CONF
+[storage]
+driver = "overlay"
+graphroot = "$dir/root"
+runroot = "$dir/run"
+
+[storage.options]
+additionalimagestores = ["$CLUSTER_IMAGE_STORE"]
+CONF
+}
+
+# engine_podman I ARGS... : podman on host I's engine state (in the root
+# namespace: for what needs no network, the service does the rest).
+engine_podman() {
+  local dir; dir=$(engine_dir "$1"); shift
+  CONTAINERS_CONF=$dir/containers.conf CONTAINERS_STORAGE_CONF=$dir/storage.conf podman "$@"
+}
+
+engine_answers() { curl -sf --max-time 2 "$(engine_http "$1")/_ping" >/dev/null 2>&1; }
+
+# engine_start I : podman's Docker API in host I's network namespace (only
+# that: the mount namespace stays the machine's, so the overlay mounts of its
+# containers are visible and removable from here), on its address only.
+engine_start() {
+  local i=$1 dir; dir=$(engine_dir "$i")
+  if engine_answers "$i"; then log "Docker engine h$i already serves"; return 0; fi
+  engine_config "$i"
+  log "starting a Docker engine (podman) for h$i on $(engine_url "$i")"
+  CONTAINERS_CONF=$dir/containers.conf CONTAINERS_STORAGE_CONF=$dir/storage.conf \
+    setsid nsenter --net="/run/netns/$(cluster_ns "$i")" \
+    podman system service --time=0 "$(engine_url "$i")" > "$dir/service.log" 2>&1 < /dev/null &
+  echo $! > "$dir/service.pid"
+  echo "$i" >> "$CLUSTER_DIR/state/engines"
+}
+
+# engine_workers I : ids of host I's containers labelled dbaas.worker, any state.
+engine_workers() {
+  engine_podman "$1" ps -aq --filter label=dbaas.worker 2>/dev/null || true
+}
+
+# engine_stop I : removes host I's worker containers (through its service
+# while it answers, else directly), stops the service, and deletes its state.
+engine_stop() {
+  local i=$1 dir pid id; dir=$(engine_dir "$i")
+  [ -d "$dir" ] || return 0
+  for id in $(engine_workers "$i"); do
+    if engine_answers "$i"; then
+      curl -sf --max-time 20 -X DELETE "$(engine_http "$i")/containers/$id?force=true" >/dev/null \
+        || engine_podman "$i" rm -f "$id" >/dev/null 2>&1 || true
+    else
+      engine_podman "$i" rm -f "$id" >/dev/null 2>&1 || true
+    fi
+  done
+  if [ -f "$dir/service.pid" ]; then
+    pid=$(cat "$dir/service.pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    wait_for "Docker engine h$i to stop" 15 bash -c "[ ! -e /proc/$pid ]" || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  [ -z "$(engine_workers "$i")" ] || log "h$i: worker containers left: $(engine_workers "$i" | tr '\n' ' ')"
+  # Nothing of it may stay mounted before its directory goes.
+  if grep -q " $dir/" /proc/mounts; then
+    awk -v d="$dir/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  fi
+  rm -rf "$dir"
+}
+
+# engines_up : a Docker engine on every host, once each answers.
+engines_up() {
+  apt_install podman runc curl
+  podman image exists "${DBAAS_WORKER_IMAGE:-localhost/dbaas-worker:dev}" \
+    || log "no image ${DBAAS_WORKER_IMAGE:-localhost/dbaas-worker:dev} yet in $CLUSTER_IMAGE_STORE (scripts/stack images builds it)"
+  local i
+  for i in $(cluster_hosts); do engine_start "$i"; done
+  for i in $(cluster_hosts); do
+    wait_for "Docker engine h$i" 60 engine_answers "$i" || { tail -20 "$(engine_dir "$i")/service.log" >&2; return 1; }
+  done
+  log "Docker engines: $(cluster_docker_hosts)"
+}
+
+engines_down() {
+  local i
+  for i in $(cluster_hosts); do engine_stop "$i"; done
+  rm -f "$CLUSTER_DIR/state/engines"
+}
+
 # --- the whole set ---------------------------------------------------------
 
 # cluster_brokers_up : namespaces, then every RabbitMQ node and ZooKeeper
@@ -399,7 +540,17 @@ print("    partitions:", s.get("partitions") or "none", "| alarms:", s.get("alar
   else
     echo "  ZooKeeper server.$i: not running"
   fi
+  if [ -f "$(engine_dir "$i")/service.pid" ]; then
+    if engine_answers "$i"; then
+      echo "  Docker engine $(engine_url "$i"): answers, $(engine_workers "$i" | wc -l) worker container(s)"
+    else
+      echo "  Docker engine $(engine_url "$i"): no answer"
+    fi
+  fi
   if ip netns exec "$(cluster_ns "$i")" iptables -S 2>/dev/null | grep -q dbaas-partition; then
     echo "  partitioned from its peers"
+  fi
+  if ip link show "${CLUSTER_NAME}-h$i" 2>/dev/null | grep -q "state DOWN"; then
+    echo "  its link is down"
   fi
 }

@@ -133,6 +133,39 @@ pub struct DockerRuntime {
     exits: ExitSender,
     /// Host pid → where the worker runs, for the containers this runtime knows.
     containers: Arc<Mutex<HashMap<u32, Placed>>>,
+    /// Workers placed on each engine and still starting (not yet in
+    /// `containers`): the supervisor starts the master and the slaves at
+    /// once, and each must count the others' places.
+    starting: Arc<Mutex<Vec<usize>>>,
+}
+
+/// A place taken on an engine for a worker being started; given back when
+/// dropped (by then the worker is tracked, or its start failed).
+struct Reservation {
+    starting: Arc<Mutex<Vec<usize>>>,
+    engine: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(n) = lock(&self.starting).get_mut(self.engine) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// [`place`] for a worker being started while others may be: `starting[i]`
+/// workers are on their way to engine `i` and count as running there; the
+/// place chosen is counted too.
+pub fn reserve(load: &[(usize, bool)], starting: &mut [usize]) -> Option<usize> {
+    let counted: Vec<(usize, bool)> = load
+        .iter()
+        .enumerate()
+        .map(|(i, (n, healthy))| (n + starting.get(i).copied().unwrap_or(0), *healthy))
+        .collect();
+    let index = place(&counted)?;
+    starting[index] += 1;
+    Some(index)
 }
 
 /// How long one engine call may take (a host that stops answering must not
@@ -245,6 +278,7 @@ impl DockerRuntime {
             return Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no Docker engine")));
         }
         let rt = DockerRuntime {
+            starting: Arc::new(Mutex::new(vec![0; engines.len()])),
             engines: Arc::new(engines),
             config,
             zk,
@@ -407,9 +441,22 @@ impl DockerRuntime {
             .collect()
     }
 
+    /// Takes a place for a new worker ([`reserve`]).
+    fn reserve(&self) -> Option<Reservation> {
+        let mut starting = lock(&self.starting);
+        let engine = reserve(&self.load(), &mut starting)?;
+        Some(Reservation {
+            starting: self.starting.clone(),
+            engine,
+        })
+    }
+
     async fn start_one(&self) -> anyhow::Result<u32> {
-        let index = place(&self.load())
+        // Held until the worker is tracked (or its start failed).
+        let reservation = self
+            .reserve()
             .ok_or_else(|| anyhow::anyhow!("no Docker engine answers: cannot start a worker"))?;
+        let index = reservation.engine;
         let engine = &self.engines[index];
         let name = format!(
             "dbaas-worker-{}",
@@ -459,6 +506,7 @@ impl DockerRuntime {
                 name,
             },
         );
+        drop(reservation);
         Ok(pid)
     }
 }
@@ -592,6 +640,22 @@ mod tests {
         assert_eq!(place(&[(1, true), (0, false), (1, true)]), Some(0));
         assert_eq!(place(&[(0, false), (0, false)]), None);
         assert_eq!(place(&[]), None);
+    }
+
+    #[test]
+    fn workers_started_at_once_spread_too() {
+        // The master and two slaves started together, none running yet.
+        let idle = [(0, true), (0, true), (0, true)];
+        let mut starting = vec![0; 3];
+        let places: Vec<_> = (0..3).map(|_| reserve(&idle, &mut starting)).collect();
+        assert_eq!(places, vec![Some(0), Some(1), Some(2)]);
+        assert_eq!(starting, vec![1, 1, 1]);
+        // One host lost: its two replacements go to the two others.
+        let mut starting = vec![0; 3];
+        let lost = [(1, true), (0, false), (0, true)];
+        assert_eq!(reserve(&lost, &mut starting), Some(2));
+        assert_eq!(reserve(&lost, &mut starting), Some(0));
+        assert_eq!(reserve(&[(0, false)], &mut [0]), None);
     }
 
     #[test]

@@ -371,8 +371,14 @@ async fn serve(
     // Every consumer is owned here: one that ends (its channel or the
     // connection closed) ends the worker, crash-only, and the worker that
     // replaces it resumes this slot's copy.
-    let mut snapshots =
-        snapshot::serve(conn, state.clone(), slot.db_path(), slot.outgoing_path()).await?;
+    let mut snapshots = snapshot::serve(
+        conn,
+        zk.clone(),
+        state.clone(),
+        slot.db_path(),
+        slot.outgoing_path(),
+    )
+    .await?;
     let mut reads = reads::start(conn, READ_Q, state.clone(), config.read_wait, None).await?;
     let epoch = tokio::select! {
         won = election::win(zk, &state) => won?,

@@ -2,9 +2,10 @@
 //! at a time: slaves with consumer priority [`SLAVE_PRIORITY`], the master with
 //! [`MASTER_PRIORITY`], so RabbitMQ hands a request to the master only when no
 //! slave can take it. A master that gets one anyway answers `Declined` unless
-//! it is the queue's only consumer (then it is alone and serves, at a seq
-//! confirmed on `syncQ`), and the joiner asks again: the master never stalls
-//! on a snapshot while a slave can serve it.
+//! it is alone ([`alone`]: the queue's only consumer, or no other worker
+//! registered as a slave; then it serves, at a seq confirmed on `syncQ`), and
+//! the joiner asks again: the master never stalls on a snapshot while a slave
+//! can serve it.
 //!
 //! Serving: `Accepted` at once, then the `syncQ` offset is read, then the
 //! backup is taken on a connection of its own on a blocking thread
@@ -28,11 +29,12 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
+use zookeeper_client as zk;
 
 use super::frame::{Frame, Offer, Outgoing};
 use super::{Settings, TempFile, IN_FLIGHT};
 use crate::broker::{self, SNAPSHOT_Q};
-use crate::coord::Role;
+use crate::coord::{self, Role};
 use crate::db::Store;
 use crate::worker::WorkerState;
 
@@ -163,6 +165,7 @@ pub async fn send_file(
 /// copy, `backup_path` where its backup is taken (removed after each request).
 pub async fn serve(
     conn: &Connection,
+    zk: zk::Client,
     state: WorkerState,
     db: PathBuf,
     backup_path: PathBuf,
@@ -179,7 +182,7 @@ pub async fn serve(
             tokio::select! {
                 next = consumer.requests.next() => {
                     let Some(Ok(request)) = next else { break };
-                    answer(&replies, &state, &request, &db, &backup_path, &settings).await;
+                    answer(&replies, &zk, &state, &request, &db, &backup_path, &settings).await;
                     let _ = request.ack(BasicAckOptions::default()).await;
                 }
                 changed = role.changed() => {
@@ -263,8 +266,13 @@ impl Consumer {
     }
 }
 
-/// Whether this worker is the only consumer of `snapshotQ` (no slave serves).
-async fn alone(channel: &Channel) -> anyhow::Result<bool> {
+/// Whether no slave can serve a snapshot, so the master must: it is the
+/// only consumer of `snapshotQ`, or no other worker is registered as a
+/// slave. The second matters on a cluster: a quorum queue keeps counting the
+/// consumers of a node cut off from the others (suspected down, until the
+/// node is back), so a lost slave's consumer outlives its registration, and
+/// without it every joiner would be declined until the node returned.
+async fn alone(channel: &Channel, zk: &zk::Client, me: u32) -> anyhow::Result<bool> {
     let q = channel
         .queue_declare(
             SNAPSHOT_Q.into(),
@@ -276,11 +284,21 @@ async fn alone(channel: &Channel) -> anyhow::Result<bool> {
             FieldTable::default(),
         )
         .await?;
-    Ok(q.consumer_count() <= 1)
+    if q.consumer_count() <= 1 {
+        return Ok(true);
+    }
+    let workers = coord::workers(zk).await?;
+    Ok(no_other_slave(&workers, me))
+}
+
+/// No worker but `me` is registered as a serving slave.
+fn no_other_slave(workers: &[coord::WorkerInfo], me: u32) -> bool {
+    !workers.iter().any(|w| w.pid != me && w.role == Role::Slave)
 }
 
 async fn answer(
     channel: &Channel,
+    zk: &zk::Client,
     state: &WorkerState,
     request: &lapin::message::Delivery,
     db: &Path,
@@ -304,7 +322,7 @@ async fn answer(
     let mut reply = Reply::new(channel, to, id);
     let role = state.role.get();
     if matches!(role, Role::Master | Role::Promoting) {
-        match alone(channel).await {
+        match alone(channel, zk, state.pid).await {
             Ok(true) => {}
             Ok(false) => {
                 let declined = Frame::Declined {
@@ -407,5 +425,33 @@ async fn confirmed(state: &WorkerState, seq: u64) -> anyhow::Result<()> {
         _ => Err(anyhow::anyhow!(
             "seq {seq} not confirmed on syncQ within {SEQ_CONFIRM_PATIENCE:?}: not served"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(pid: u32, role: Role) -> coord::WorkerInfo {
+        coord::WorkerInfo {
+            pid,
+            role,
+            seq: 0,
+            epoch: 1,
+            started_at_ms: 0,
+            slot: None,
+            start: None,
+            host: None,
+        }
+    }
+
+    #[test]
+    fn the_master_serves_when_no_other_worker_is_a_serving_slave() {
+        // The master and joiners only (the slaves were lost with their host).
+        let left = [worker(7, Role::Master), worker(9, Role::Joining)];
+        assert!(no_other_slave(&left, 7));
+        // A serving slave is registered: it takes the requests.
+        let with_slave = [worker(7, Role::Master), worker(8, Role::Slave)];
+        assert!(!no_other_slave(&with_slave, 7));
     }
 }
