@@ -861,7 +861,31 @@ async fn a_lost_master_hosts_workers_are_replaced_on_the_others() {
 #[tokio::test]
 #[ignore = "needs scripts/cluster's network namespaces: run by scripts/test"]
 async fn the_leading_orchestrator_dies_and_another_adopts_the_workers() {
-    let opts = Options {
+    let opts = cluster_options().await;
+    crate::orchestrators::leaders_death_hands_over("cluster-leader", opts).await;
+}
+
+/// Two orchestrators serving at once on the cluster's brokers (issue 20):
+/// `orchestrators::two_serve_at_once`.
+#[tokio::test]
+#[ignore = "needs scripts/cluster's network namespaces: run by scripts/test"]
+async fn two_orchestrators_answer_every_request_on_the_cluster() {
+    let opts = cluster_options().await;
+    crate::orchestrators::two_serve_at_once("cluster-two", opts).await;
+}
+
+/// Reads through two orchestrators scale by their sum on the cluster's
+/// brokers and ensemble (issue 20): `orchestrators::scale_by_the_sum`.
+#[tokio::test]
+#[ignore = "needs scripts/cluster's network namespaces: run by scripts/test"]
+async fn reads_through_two_orchestrators_scale_by_their_sum_on_the_cluster() {
+    let opts = cluster_options().await;
+    crate::orchestrators::scale_by_the_sum("cluster-sum", opts).await;
+}
+
+/// An orchestrator's options on a namespace of the cluster's own.
+async fn cluster_options() -> Options {
+    Options {
         namespace: Some(namespace().await),
         extra_env: vec![
             ("DBAAS_REPLICAS".into(), "3".into()),
@@ -876,8 +900,7 @@ async fn the_leading_orchestrator_dies_and_another_adopts_the_workers() {
         ],
         request_timeout_ms: 10_000,
         ..Options::default()
-    };
-    crate::orchestrators::leaders_death_hands_over("cluster-leader", opts).await;
+    }
 }
 
 /// `readQ` on a cluster is a quorum queue declared with

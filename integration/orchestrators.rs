@@ -78,10 +78,19 @@ fn pids(status: &Value) -> BTreeSet<u64> {
 
 #[tokio::test]
 async fn two_orchestrators_serve_at_once_one_leads_and_every_reply_reaches_its_asker() {
-    let first = Orchestrator::start("two-serve", Options::default()).await;
-    leads(&first, Duration::from_secs(20)).await;
+    two_serve_at_once("two-serve", Options::default()).await;
+}
+
+/// Two orchestrators on `opts`' brokers (1 slave): the second follows and
+/// starts nothing, 8 clients on each get every answer, the crash API
+/// through the follower reaches the leader, and the last one to stop stops
+/// the workers. Also run on the three simulated hosts (`cluster::`).
+pub(crate) async fn two_serve_at_once(test: &str, opts: Options) {
+    let extra_env = opts.extra_env.clone();
+    let first = Orchestrator::start(test, opts).await;
+    leads(&first, Duration::from_secs(30)).await;
     let workers = pids(&first.wait_for_workers(1).await);
-    let second = another("two-serve", &first, Vec::new()).await;
+    let second = another(test, &first, extra_env).await;
 
     // The second follows the first and starts no workers of its own.
     let first_id = id_of(&first).await;
@@ -333,18 +342,25 @@ pub(crate) async fn leaders_death_hands_over(test: &str, opts: Options) {
 
 #[tokio::test]
 async fn reads_through_two_orchestrators_scale_the_slaves_by_their_sum() {
-    let opts = Options {
-        scale_interval_secs: 8,
-        ..Options::default()
-    };
-    let first = Orchestrator::start("scale-sum", opts).await;
-    leads(&first, Duration::from_secs(20)).await;
-    let second = another(
-        "scale-sum",
-        &first,
-        vec![("DBAAS_SCALE_INTERVAL_SECS".into(), "8".into())],
+    scale_by_the_sum("scale-sum", Options::default()).await;
+}
+
+/// Two orchestrators on `opts`' brokers, an 8 s interval: 25 reads through
+/// each make one decision of 50 reads and 3 slaves. Also run on the three
+/// simulated hosts (`cluster::`).
+pub(crate) async fn scale_by_the_sum(test: &str, opts: Options) {
+    let mut extra_env = opts.extra_env.clone();
+    extra_env.push(("DBAAS_SCALE_INTERVAL_SECS".into(), "8".into()));
+    let first = Orchestrator::start(
+        test,
+        Options {
+            scale_interval_secs: 8,
+            ..opts
+        },
     )
     .await;
+    leads(&first, Duration::from_secs(30)).await;
+    let second = another(test, &first, extra_env).await;
     first.insert_user("someone").await;
     // 25 reads through each: 50 in all, 3 slaves; either alone would be 2.
     for o in [&first, &second] {
