@@ -3,7 +3,10 @@
 //! orchestrator that asked, the leader's death hands over to another that
 //! adopts the workers, and the scaler counts the reads of all of them.
 //! Process runtime, on the shared RabbitMQ and ZooKeeper; the orchestrators
-//! share the workers' data directory as they would a host.
+//! share the workers' data directory as they would a host. The leader's
+//! death is watched through nginx in front of both (`common::load_balancer`).
+//! The three scenarios run on the three simulated hosts' brokers too
+//! (`cluster::`).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::common::load_balancer::LoadBalancer;
 use crate::common::{
     alive, every_replica_holds_exactly, sigkill, slave_pids, wait_until, Options, Orchestrator,
 };
@@ -185,9 +189,9 @@ pub(crate) async fn two_serve_at_once(test: &str, opts: Options) {
     );
 }
 
-/// Writers through a load balancer's eyes: each sends to the first URL and
-/// moves to the next when a request gets no answer or a 5xx, retrying the
-/// same write (same Idempotency-Key) until it is answered.
+/// Writers that retry: each sends to the first URL and moves to the next
+/// (if there are several) when a request gets no answer or a 5xx, retrying
+/// the same write (same Idempotency-Key) until it is answered.
 struct Writers {
     running: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<(String, Instant)>>>,
@@ -274,7 +278,7 @@ async fn the_leaders_death_hands_over_to_another_that_adopts_the_workers() {
 }
 
 /// Two orchestrators (on `opts`' brokers, with 2 slaves), writers going
-/// through both as through a load balancer, and the leader SIGKILLed: the
+/// through nginx in front of both, and the leader SIGKILLed: the
 /// other leads within the session timeout, adopts the same workers (none
 /// replaced), the writes go on, a crashed slave is replaced by the new
 /// leader, and every acknowledged write is once on every replica. Also run
@@ -286,7 +290,13 @@ pub(crate) async fn leaders_death_hands_over(test: &str, opts: Options) {
     let second = another(test, &first, extra_env).await;
     let before = pids(&first.wait_for_workers(2).await);
 
-    let writers = Writers::start(&second.http, vec![first.url.clone(), second.url.clone()], 3);
+    // Writers through a load balancer in front of both.
+    let upstreams: Vec<String> = [&first, &second]
+        .iter()
+        .map(|o| o.url.trim_start_matches("http://").to_string())
+        .collect();
+    let lb = LoadBalancer::start(&upstreams).await;
+    let writers = Writers::start(&second.http, vec![lb.url.clone()], 3);
     let started = Instant::now();
     wait_until("writes flow", Duration::from_secs(30), || async {
         (writers.acked_after(started) >= 20).then_some(())

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod fake_http;
+pub mod load_balancer;
 pub mod private_brokers;
 pub mod rideshare;
 
