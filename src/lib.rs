@@ -17,10 +17,12 @@
 //!   `actors::rpc`, the RPC boundary HTTP reaches them through (typed request,
 //!   reply slot guard, deadline, the consumer of the session's own reply queue).
 //! - [`orchestrator`]: wiring of the orchestrator process.
-//! - [`runtime`]: where workers run: local processes or Docker containers.
+//! - [`runtime`]: where workers run: local processes, or Docker containers
+//!   spread over one or several engines (hosts).
 //! - [`worker`]: the worker process: sync stream, read service, election, write service.
 //! - [`broker`]: RabbitMQ queue names, topology, connection and message bodies.
-//! - [`coord`]: ZooKeeper layout, worker records and the election rule.
+//! - [`coord`]: ZooKeeper layout, worker records, the workers' election rule,
+//!   and the orchestrators' leadership (who supervises, fenced by an epoch).
 //! - [`db`]: the only SQL and a worker's store; the schema, the typed request
 //!   model and the error kinds requests fail with (on the wire and in the API)
 //!   are `dbaas-api`'s, re-exported here.
