@@ -374,21 +374,7 @@ async fn writes_survive_node_loss_leader_loss_and_a_partition_exactly_once() {
             "cluster",
             Options {
                 slaves: 2,
-                namespace: Some(namespace().await),
-                extra_env: vec![
-                    ("DBAAS_REPLICAS".into(), "3".into()),
-                    // Brokers off loopback: snapshots must be authenticated.
-                    (
-                        "DBAAS_SNAPSHOT_SECRET".into(),
-                        "cluster-nemesis-snapshot-secret".into(),
-                    ),
-                    (
-                        "DBAAS_ZK_SESSION_TIMEOUT_MS".into(),
-                        SESSION_TIMEOUT_MS.to_string(),
-                    ),
-                ],
-                request_timeout_ms: 10_000,
-                ..Options::default()
+                ..cluster_options().await
             },
         )
         .await,
@@ -615,38 +601,18 @@ async fn host_loss(victim: Victim) {
         );
         return;
     };
-    let ns = namespace().await;
-    let instance = ns.name.clone();
+    let mut opts = cluster_options().await;
+    let instance = opts.namespace.as_ref().expect("a namespace").name.clone();
     let image = std::env::var("DBAAS_TEST_WORKER_IMAGE")
         .unwrap_or_else(|_| "localhost/dbaas-worker:dev".into());
-    let o = Arc::new(
-        Orchestrator::start(
-            "hosts",
-            Options {
-                slaves: 2,
-                namespace: Some(ns),
-                extra_env: vec![
-                    ("DBAAS_RUNTIME".into(), "docker".into()),
-                    ("DBAAS_DOCKER_HOSTS".into(), spec.clone()),
-                    ("DBAAS_DOCKER_NETWORK".into(), "host".into()),
-                    ("DBAAS_WORKER_IMAGE".into(), image),
-                    ("DBAAS_INSTANCE".into(), instance.clone()),
-                    ("DBAAS_REPLICAS".into(), "3".into()),
-                    (
-                        "DBAAS_SNAPSHOT_SECRET".into(),
-                        "cluster-nemesis-snapshot-secret".into(),
-                    ),
-                    (
-                        "DBAAS_ZK_SESSION_TIMEOUT_MS".into(),
-                        SESSION_TIMEOUT_MS.to_string(),
-                    ),
-                ],
-                request_timeout_ms: 10_000,
-                ..Options::default()
-            },
-        )
-        .await,
-    );
+    opts.extra_env.extend([
+        ("DBAAS_RUNTIME".into(), "docker".into()),
+        ("DBAAS_DOCKER_HOSTS".into(), spec.clone()),
+        ("DBAAS_DOCKER_NETWORK".into(), "host".into()),
+        ("DBAAS_WORKER_IMAGE".into(), image),
+        ("DBAAS_INSTANCE".into(), instance.clone()),
+    ]);
+    let o = Arc::new(Orchestrator::start("hosts", Options { slaves: 2, ..opts }).await);
     let before = placement(&o.wait_for_workers(2).await);
     let hosts: BTreeSet<&str> = before.iter().map(|(_, h, _)| h.as_str()).collect();
     assert_eq!(
@@ -883,7 +849,9 @@ async fn reads_through_two_orchestrators_scale_by_their_sum_on_the_cluster() {
     crate::orchestrators::scale_by_the_sum("cluster-sum", opts).await;
 }
 
-/// An orchestrator's options on a namespace of the cluster's own.
+/// An orchestrator's options on a namespace of the cluster's own: every
+/// queue on three nodes, the cluster's session timeout and, the brokers off
+/// loopback, an authenticating snapshot secret.
 async fn cluster_options() -> Options {
     Options {
         namespace: Some(namespace().await),
