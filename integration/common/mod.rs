@@ -140,7 +140,36 @@ pub struct Orchestrator {
     /// Its workers run in containers (docker runtime): each keeps its copy
     /// in its own file system, not in `data`.
     containers: bool,
+    /// Where its worker containers are, for their logs when a test fails.
+    worker_engines: WorkerEngines,
     pub http: reqwest::Client,
+}
+
+/// The engines an orchestrator's worker containers run on and their label's
+/// instance (`DBAAS_INSTANCE`, by default its ZooKeeper hosts).
+#[derive(Default)]
+struct WorkerEngines {
+    instance: String,
+    /// `podman --url` values (`DBAAS_DOCKER_HOSTS`'s); none: this machine's podman.
+    urls: Vec<String>,
+}
+
+impl WorkerEngines {
+    /// From the orchestrator's environment (the last setting of a name wins).
+    fn of(env: &[(String, String)], zk_hosts: &str) -> WorkerEngines {
+        let last = |name: &str| env.iter().rfind(|(k, _)| k == name).map(|(_, v)| v.clone());
+        WorkerEngines {
+            instance: last("DBAAS_INSTANCE").unwrap_or_else(|| zk_hosts.to_string()),
+            urls: last("DBAAS_DOCKER_HOSTS")
+                .map(|hosts| {
+                    hosts
+                        .split(',')
+                        .filter_map(|h| h.split_once('=').map(|(_, url)| url.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// Where the worker image keeps the copy (`DBAAS_DATA_DIR` in
@@ -267,12 +296,16 @@ impl Orchestrator {
             .spawn()
             .expect("start orchestrator");
         // The last setting wins, as it does for the child's environment.
-        let containers = runtime_env()
+        let env: Vec<(String, String)> = runtime_env()
+            .into_iter()
+            .chain(opts.extra_env.iter().cloned())
+            .collect();
+        let containers = env
             .iter()
-            .chain(&opts.extra_env)
             .rfind(|(k, _)| k == "DBAAS_RUNTIME")
             .is_some_and(|(_, v)| v == "docker");
-        Self::attach(
+        let engines = WorkerEngines::of(&env, &ns.zk_hosts);
+        let mut o = Self::attach(
             Process::Child(child),
             ns,
             dir,
@@ -281,7 +314,9 @@ impl Orchestrator {
             opts.token.as_deref(),
             containers,
         )
-        .await
+        .await;
+        o.worker_engines = engines;
+        o
     }
 
     /// Runs the orchestrator image in a container (host network, the Docker
@@ -348,6 +383,7 @@ impl Orchestrator {
             dir,
             data,
             containers,
+            worker_engines: WorkerEngines::default(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 // Below the server's keep-alive (5 s): never reuse a connection
@@ -669,8 +705,13 @@ impl Drop for Orchestrator {
         // Logs first: a container's go with it.
         if std::thread::panicking() {
             eprintln!("---- orchestrator log ----\n{}", self.log());
-            if let Process::Container(_) = self.process {
-                print_worker_container_logs(&self.ns.zk_hosts);
+            if self.containers {
+                let instance = if self.worker_engines.instance.is_empty() {
+                    &self.ns.zk_hosts
+                } else {
+                    &self.worker_engines.instance
+                };
+                print_worker_container_logs(instance, &self.worker_engines.urls);
             }
         }
         self.stop();
@@ -680,28 +721,35 @@ impl Drop for Orchestrator {
     }
 }
 
-/// The last lines of every worker container labelled for this orchestrator
-/// (the docker runtime labels them with the ZooKeeper hosts it was given).
-fn print_worker_container_logs(instance: &str) {
-    let Ok(out) = Command::new("podman")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=dbaas.worker={instance}"),
-        ])
-        .output()
-    else {
-        return;
+/// The last lines of every worker container labelled for this orchestrator,
+/// on each of `engines` (this machine's podman when none). An engine that does
+/// not answer (a test cut its host off) is given 10 s.
+fn print_worker_container_logs(instance: &str, engines: &[String]) {
+    let local = [String::new()];
+    let engines = if engines.is_empty() {
+        &local[..]
+    } else {
+        engines
     };
-    for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        if let Ok(logs) = Command::new("podman")
-            .args(["logs", "--tail", "40", id])
-            .output()
-        {
-            eprintln!("---- worker container {id} (last lines) ----");
-            eprintln!("{}", String::from_utf8_lossy(&logs.stdout));
-            eprintln!("{}", String::from_utf8_lossy(&logs.stderr));
+    let podman = |url: &str, args: &[&str]| {
+        let mut c = Command::new("timeout");
+        c.args(["10", "podman"]);
+        if !url.is_empty() {
+            c.args(["--url", url]);
+        }
+        c.args(args).output()
+    };
+    let label = format!("label=dbaas.worker={instance}");
+    for url in engines {
+        let Ok(out) = podman(url, &["ps", "-aq", "--filter", &label]) else {
+            continue;
+        };
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(logs) = podman(url, &["logs", "--tail", "60", id]) {
+                eprintln!("---- worker container {id} {url} (last lines) ----");
+                eprintln!("{}", String::from_utf8_lossy(&logs.stdout));
+                eprintln!("{}", String::from_utf8_lossy(&logs.stderr));
+            }
         }
     }
 }
@@ -737,6 +785,38 @@ pub fn gated_worker(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
     (script, gate)
+}
+
+/// Every username in `store` (worker `pid`'s copy), a page at a time in
+/// username order.
+fn all_usernames(store: &dbaas::db::Store, pid: u64) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    loop {
+        let mut query = serde_json::json!({
+            "table": "users",
+            "columns": ["username"],
+            "order_by": [{"column": "username"}],
+            "limit": 10000,
+        });
+        if let Some(after) = names.last() {
+            query["where"] = serde_json::json!({"username": {">": after}});
+        }
+        let request = dbaas::db::request::parse(query.to_string().as_bytes()).expect("query");
+        let out = store.read(&request).expect("read replica");
+        let before = names.len();
+        names.extend(
+            out.rows
+                .iter()
+                .filter_map(|r| r["username"].as_str().map(String::from)),
+        );
+        if !out.more {
+            return names;
+        }
+        assert!(
+            names.len() > before,
+            "worker {pid}: a full page without names"
+        );
+    }
 }
 
 /// The exactly-once check at the end of a fault test: once every replica has
@@ -775,20 +855,7 @@ pub async fn every_replica_holds_exactly(
             "worker {pid} at {} < {last}",
             store.seq()
         );
-        let out = store
-            .read(
-                &dbaas::db::request::parse(
-                    br#"{"table":"users","columns":["username"],"limit":10000}"#,
-                )
-                .expect("query"),
-            )
-            .expect("read replica");
-        assert!(!out.more, "worker {pid} holds more users than one page");
-        let names: Vec<String> = out
-            .rows
-            .iter()
-            .filter_map(|r| r["username"].as_str().map(String::from))
-            .collect();
+        let names = all_usernames(&store, pid);
         let unique: BTreeSet<&String> = names.iter().collect();
         assert_eq!(unique.len(), names.len(), "worker {pid} holds duplicates");
         for a in acked {

@@ -236,7 +236,8 @@ rabbit_port_open() { (exec 3<>"/dev/tcp/$(cluster_ip "$1")/5672") 2>/dev/null; }
 
 rabbit_kill() {
   local i=$1 pid
-  for pid in $(cluster_pids "$i" beam.smp); do kill -KILL "$pid"; done
+  # (A rabbitmqctl run in the namespace is a beam.smp too, and may be gone by now.)
+  for pid in $(cluster_pids "$i" beam.smp); do kill -KILL "$pid" 2>/dev/null || true; done
   log "RabbitMQ h$i killed (SIGKILL)"
 }
 
