@@ -156,13 +156,22 @@ impl MasterGate {
     }
 }
 
+/// The reply, then the ack. Both are polled together: lapin queues a frame
+/// when its call is first polled (the reply's first, so it is written before
+/// the ack) and resolves it once its I/O thread has written it, so one wake of
+/// that thread writes both instead of a round trip each.
 async fn send(replies: &Channel, delivery: Delivery, reply: &Reply, acked: bool) {
-    if let Err(e) = broker::reply(replies, &delivery.properties, reply).await {
-        warn!(error = %e, "could not send read reply");
-    }
-    if !acked {
-        ack(&delivery).await;
-    }
+    let reply = async {
+        if let Err(e) = broker::reply(replies, &delivery.properties, reply).await {
+            warn!(error = %e, "could not send read reply");
+        }
+    };
+    let ack = async {
+        if !acked {
+            ack(&delivery).await;
+        }
+    };
+    tokio::join!(reply, ack);
 }
 
 async fn ack(delivery: &Delivery) {
