@@ -6,13 +6,17 @@
 //! (e.g. `point read`) and `BENCH_CONCURRENCY` (e.g. `16`) narrow the run; a
 //! narrowed run writes bench/results/partial.* instead of latest.*.
 //! `BENCH_PARTS=replies` (only when named) compares the ways the client can
-//! receive its replies (issue 20).
+//! receive its replies (issue 20); `BENCH_PARTS=curves` (only when named, with
+//! `broker` for the ratios) measures the scale figures of issue 17 into
+//! bench/results/curves.*.
 //!
 //! - [`measure`]: each part's run, returning its figures.
+//! - [`curves`]: issue 17's scale figures (slaves, rows per write, clients).
 //! - [`report`]: the figures as markdown and JSON.
 //! - [`harness`]: orchestrator processes in namespaces of their own.
 //! - [`shared`]: what every bench target shares (knobs, machine line, files).
 
+mod curves;
 mod harness;
 mod measure;
 mod report;
@@ -41,6 +45,10 @@ async fn main() {
         let runs = measure::reply_routes(&sz, 3).await;
         let after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         report.replies(&runs, (&before, &after));
+    }
+    // Issue 17's scale figures (only when named: `BENCH_PARTS=broker,curves`).
+    if shared::named("BENCH_PARTS", "curves") {
+        report.curves(&curves::curves(&sz).await);
     }
     // 2. Through the orchestrator's HTTP API, 3. its peak memory, and
     // 4. failover, on the same loaded system.

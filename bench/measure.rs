@@ -87,7 +87,7 @@ impl Run {
 }
 
 /// Runs `op` from `concurrency` tasks for `secs` seconds.
-async fn load<F, Fut>(concurrency: usize, secs: f64, op: F) -> Run
+pub async fn load<F, Fut>(concurrency: usize, secs: f64, op: F) -> Run
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = bool> + Send,
@@ -514,14 +514,26 @@ const WORKLOADS: [&str; 5] = [
     "90/10 mix",
 ];
 
-async fn post_ok(http: &reqwest::Client, url: &str, body: &Value) -> bool {
+pub async fn post_ok(http: &reqwest::Client, url: &str, body: &Value) -> bool {
     let answer = http.post(url).json(body).send().await;
     answer.is_ok_and(|r| r.status().is_success())
 }
 
 /// A master and a slave with 10 000 users and 1 000 rides loaded.
 pub async fn loaded_system() -> Orchestrator {
-    let o = Orchestrator::start("bench-http", Options::default()).await;
+    loaded_system_with(1).await
+}
+
+/// A master and `slaves` slaves with 10 000 users and 1 000 rides loaded.
+pub async fn loaded_system_with(slaves: usize) -> Orchestrator {
+    let o = Orchestrator::start(
+        "bench-http",
+        Options {
+            slaves,
+            ..Options::default()
+        },
+    )
+    .await;
     populate(&o, "u", 10_000, false).await;
     let rides: Vec<Value> = (0..1000)
         .map(|i| {
@@ -539,7 +551,7 @@ pub async fn loaded_system() -> Orchestrator {
 }
 
 /// One request of `workload`; the `n`th of the run.
-async fn request(http: reqwest::Client, o_url: Arc<String>, workload: &str, n: usize) -> bool {
+pub async fn request(http: reqwest::Client, o_url: Arc<String>, workload: &str, n: usize) -> bool {
     let (read_url, write_url) = (
         format!("{o_url}/api/v1/db/read"),
         format!("{o_url}/api/v1/db/write"),

@@ -7,8 +7,9 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Map, Value};
 
+use crate::curves::{knee, Curves};
 use crate::measure::{CatchUp, Ceilings, Failover, RouteRun, Run};
-use crate::shared::{machine, narrowed, smoke, write_results};
+use crate::shared::{machine, named, narrowed, smoke, write_results};
 
 /// The report being written: markdown, its JSON, and the broker's ceilings
 /// per concurrency (the HTTP figures are ratios to them: reads to the RPC
@@ -256,6 +257,69 @@ impl Report {
             .insert("scale-out decision to serving".into(), json!(secs));
     }
 
+    pub fn curves(&mut self, c: &Curves) {
+        self.md.push_str(
+            "\n## Scale figures (issue 17)\n\n\
+             Point reads through the orchestrator with 1, 2 and 4 slaves (10 000 users; \
+             ratios to the RPC ceiling of this run when it was measured):\n\n\
+             | slaves | concurrency | req/s | ratio to the ceiling | p50 ms | p99 ms | failed |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        for (slaves, conc, r) in &c.by_slaves {
+            let ratio = r.rps() / self.rpc_ceiling.get(conc).copied().unwrap_or(f64::NAN);
+            let (rps, p50, p99) = (r.rps(), r.pct(0.5), r.pct(0.99));
+            self.line(format_args!(
+                "| {slaves} | {conc} | {rps:.0} | {:.2} | {p50:.2} | {p99:.2} | {} |",
+                ratio, r.failed
+            ));
+            let mut j = run_json(r);
+            j["ratio_to_ceiling"] = json!(ratio);
+            self.json
+                .insert(format!("point read {slaves} slaves c{conc}"), j);
+        }
+        self.md.push_str(
+            "\nInserts of 1, 10 and 100 users per write (1 slave): writes/s, rows/s, \
+             ratio of writes/s to the replicated-write floor of this run:\n\n\
+             | rows per write | concurrency | writes/s | rows/s | ratio to the floor | p50 ms | p99 ms | failed |\n\
+             |---|---|---|---|---|---|---|---|\n",
+        );
+        for (rows, conc, r) in &c.by_rows {
+            let ratio = r.rps() / self.write_floor.get(conc).copied().unwrap_or(f64::NAN);
+            let (rps, p50, p99) = (r.rps(), r.pct(0.5), r.pct(0.99));
+            let rows_per_s = rps * *rows as f64;
+            self.line(format_args!(
+                "| {rows} | {conc} | {rps:.0} | {rows_per_s:.0} | {ratio:.2} | {p50:.2} | {p99:.2} | {} |",
+                r.failed
+            ));
+            let mut j = run_json(r);
+            j["rows_per_s"] = json!(rows_per_s);
+            j["ratio_to_floor"] = json!(ratio);
+            self.json.insert(format!("insert {rows} rows c{conc}"), j);
+        }
+        self.md.push_str(
+            "\nPoint reads from 1 to 128 clients (1 slave):\n\n\
+             | clients | req/s | p50 ms | p99 ms | p999 ms | failed |\n|---|---|---|---|---|---|\n",
+        );
+        for (clients, r) in &c.by_clients {
+            let (rps, p50, p99, p999) = (r.rps(), r.pct(0.5), r.pct(0.99), r.pct(0.999));
+            self.line(format_args!(
+                "| {clients} | {rps:.0} | {p50:.2} | {p99:.2} | {p999:.2} | {} |",
+                r.failed
+            ));
+            self.json
+                .insert(format!("point read sweep c{clients}"), run_json(r));
+        }
+        match knee(&c.by_clients) {
+            Some(k) => self.line(format_args!(
+                "\nThroughput stops growing (less than 10 % more with twice the clients) \
+                 after {k} clients."
+            )),
+            None => self.line(format_args!("\nThroughput still grew at 128 clients.")),
+        }
+        self.json
+            .insert("point read knee clients".into(), json!(knee(&c.by_clients)));
+    }
+
     /// Writes bench/results/latest.*, or smoke.* (`BENCH_SMOKE=1`) or
     /// partial.* (a narrowed run), so that neither overwrites the published
     /// figures.
@@ -268,6 +332,8 @@ impl Report {
         ];
         let name = if smoke() {
             "smoke"
+        } else if named("BENCH_PARTS", "curves") {
+            "curves"
         } else if knobs.iter().any(|v| narrowed(v).is_some()) {
             "partial"
         } else {
