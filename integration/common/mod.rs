@@ -147,7 +147,6 @@ pub struct Orchestrator {
 
 /// The engines an orchestrator's worker containers run on and their label's
 /// instance (`DBAAS_INSTANCE`, by default its ZooKeeper hosts).
-#[derive(Default)]
 struct WorkerEngines {
     instance: String,
     /// `podman --url` values (`DBAAS_DOCKER_HOSTS`'s); none: this machine's podman.
@@ -376,6 +375,9 @@ impl Orchestrator {
                 .expect("token is a header value");
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
+        // This machine's podman, the default instance; `spawn` sets what
+        // the orchestrator's environment says.
+        let worker_engines = WorkerEngines::of(&[], &ns.zk_hosts);
         let o = Orchestrator {
             process,
             url: format!("http://127.0.0.1:{port}"),
@@ -383,7 +385,7 @@ impl Orchestrator {
             dir,
             data,
             containers,
-            worker_engines: WorkerEngines::default(),
+            worker_engines,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 // Below the server's keep-alive (5 s): never reuse a connection
@@ -706,12 +708,8 @@ impl Drop for Orchestrator {
         if std::thread::panicking() {
             eprintln!("---- orchestrator log ----\n{}", self.log());
             if self.containers {
-                let instance = if self.worker_engines.instance.is_empty() {
-                    &self.ns.zk_hosts
-                } else {
-                    &self.worker_engines.instance
-                };
-                print_worker_container_logs(instance, &self.worker_engines.urls);
+                let engines = &self.worker_engines;
+                print_worker_container_logs(&engines.instance, &engines.urls);
             }
         }
         self.stop();

@@ -2,7 +2,8 @@
 # Three simulated hosts on this machine, for scripts/cluster and the nemesis
 # test: network namespaces on a bridge of their own, a RabbitMQ node and a
 # ZooKeeper server in each. Sourced after scripts/lib/services.sh (log,
-# apt_install, wait_for, new_secret).
+# apt_install, wait_for, new_secret) and scripts/lib/podman.sh
+# (podman_containers_conf, for the hosts' engines).
 #
 #   CLUSTER_NAME   (dbaas)     prefix of every name made here: namespaces
 #                              <name>-h1..3, bridge <name>br0, veths <name>-h<i>
@@ -378,17 +379,7 @@ cluster_docker_hosts() {
 engine_config() {
   local dir; dir=$(engine_dir "$1")
   mkdir -p "$dir/root" "$dir/run" "$dir/tmp"
-  cat > "$dir/containers.conf" <<CONF
-[containers]
-default_ulimits = []
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-lock_type = "file"
-tmp_dir = "$dir/tmp"
-CONF
+  podman_containers_conf "$dir/containers.conf" 'lock_type = "file"' "tmp_dir = \"$dir/tmp\""
   cat > "$dir/storage.conf" <<CONF
 [storage]
 driver = "overlay"

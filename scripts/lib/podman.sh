@@ -20,19 +20,22 @@ NGINX_IMAGE=${NGINX_IMAGE:-localhost/rideshare-nginx:1.22}
 # which scripts/test may wipe): delete the directory to rebuild it.
 IMAGE_CACHE=${IMAGE_CACHE:-$ROOT/.run/images}
 
+# podman_containers_conf FILE [LINE...] : the containers.conf every podman
+# here runs with (no systemd: runc, cgroupfs, events to a file), LINEs added
+# to its [engine] section.
+podman_containers_conf() {
+  local file=$1; shift
+  {
+    printf '[containers]\ndefault_ulimits = []\n\n[engine]\n'
+    printf '%s\n' 'runtime = "runc"' 'cgroup_manager = "cgroupfs"' 'events_logger = "file"' "$@"
+  } > "$file"
+}
+
 start_podman() {
   apt_install podman runc
   local dir=$RUN_DIR/podman
   mkdir -p "$dir"
-  cat > "$dir/containers.conf" <<CONF
-[containers]
-default_ulimits = []
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-CONF
+  podman_containers_conf "$dir/containers.conf"
   export CONTAINERS_CONF=$dir/containers.conf
   export DOCKER_HOST=unix://$dir/podman.sock
   if [ -S "$dir/podman.sock" ] && curl -sf --unix-socket "$dir/podman.sock" http://d/_ping >/dev/null 2>&1; then
